@@ -1,0 +1,147 @@
+//! Builds the service from its configuration, runs it, and owns the shutdown order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::blobs::{BlobService, ServiceConfig};
+use crate::cache::{BlobCache, CacheConfig};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::replication::{Backoff, Replicator, Spool};
+use crate::store::{self, MeteredStore};
+
+/// A built node: every dependency opened, workers not yet started.
+pub struct App {
+    config: Config,
+    state: AppState,
+    cache: BlobCache,
+    replicator: Arc<Replicator>,
+}
+
+impl App {
+    /// Open the store, the cache and the spool, so a bad configuration fails
+    /// here rather than at the first request; queue what the spool still holds.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let raw_store = store::open(&config.store)
+            .await
+            .with_context(|| format!("--store {}", config.store))?;
+        let store = Arc::new(MeteredStore::new(raw_store));
+        let store_stats = store.stats().clone();
+        let cache = BlobCache::open(&CacheConfig {
+            dir: config.data_dir.join("cache"),
+            memory_bytes: config.memory_cache.as_u64(),
+            disk_bytes: config.disk_cache.as_u64(),
+            chunk_size: config.chunk_size.as_u64(),
+        })
+        .await
+        .context("opening the cache")?;
+        let spool_dir = config.data_dir.join("spool");
+        let (spool, pending) = Spool::open(&spool_dir)
+            .await
+            .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+        let replicator = Arc::new(Replicator::new(Arc::new(spool), store.clone(), Backoff::default()));
+        if !pending.is_empty() {
+            let bytes: u64 = pending.iter().map(|p| p.size).sum();
+            tracing::info!(blobs = pending.len(), bytes, "replaying blobs still pending upload");
+        }
+        for p in pending {
+            replicator.enqueue(p.key, p.size, p.modified);
+        }
+        let blobs = Arc::new(BlobService::new(
+            cache.clone(),
+            store,
+            replicator.clone(),
+            ServiceConfig {
+                max_blob_size: config.max_blob_size.as_u64(),
+                write_mode: config.write_mode,
+            },
+        ));
+        let state = AppState {
+            blobs,
+            store_stats,
+            started: Instant::now(),
+            shutting_down: CancellationToken::new(),
+            readiness_timeout: std::time::Duration::from_secs(2),
+        };
+        Ok(App {
+            config,
+            state,
+            cache,
+            replicator,
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then stop in order: stop
+    /// accepting, drain requests (bounded by the grace period), let uploads
+    /// drain within the same grace, stop the workers, close the cache.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let App {
+            config,
+            state,
+            cache,
+            replicator,
+        } = self;
+        let workers = TaskTracker::new();
+        let stop_workers = CancellationToken::new();
+        for _ in 0..config.upload_concurrency {
+            workers.spawn(replicator.clone().run_worker(stop_workers.clone()));
+        }
+        workers.close();
+
+        let shutting_down = state.shutting_down.clone();
+        let grace = config.shutdown_grace;
+        tracing::info!(addr = %listener.local_addr()?, store = %config.store, write_mode = ?config.write_mode, "blobcache listening");
+        let app = http::router(state);
+        let signal = shutting_down.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal.cancel();
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutting_down.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        shutting_down.cancelled().await;
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!("shutting down: draining requests");
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("requests still running at the end of the grace period; closing them"),
+        }
+        if !replicator.drain(deadline).await {
+            let left = replicator.snapshot();
+            tracing::warn!(
+                blobs = left.pending_blobs,
+                bytes = left.pending_bytes,
+                "uploads left pending for the next start"
+            );
+        }
+        stop_workers.cancel();
+        workers.wait().await;
+        cache.close().await.context("closing the cache")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Build and serve: what `main` calls.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    App::build(config).await?.serve(listener, shutdown).await
+}

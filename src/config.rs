@@ -1,0 +1,279 @@
+//! Configuration: flags, `BLOBCACHE_*` environment variables and an optional
+//! TOML file, merged with precedence flag > env > file > default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+
+use crate::blobs::WriteMode;
+use crate::cache::DEFAULT_CHUNK_SIZE;
+
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "blobcache",
+    version,
+    about = "A read-through HTTP blob cache addressed by MD5"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ConfigArgs),
+    /// Validate the configuration and print the effective values.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// An optional TOML file with any of the settings below (kebab-case keys).
+    #[arg(long, env = "BLOBCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Every setting, each optional so the sources can be merged.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "BLOBCACHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the disk cache, the spool and the default store [default: ./blobcache-data]
+    #[arg(long, env = "BLOBCACHE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Persistent store URL [default: file://<data-dir>/store]
+    #[arg(long, env = "BLOBCACHE_STORE")]
+    pub store: Option<String>,
+    /// Memory tier of the cache, e.g. 256MiB [default: 256MiB]
+    #[arg(long, env = "BLOBCACHE_MEMORY_CACHE")]
+    pub memory_cache: Option<ByteSize>,
+    /// Disk tier of the cache, at least 256MiB [default: 4GiB]
+    #[arg(long, env = "BLOBCACHE_DISK_CACHE")]
+    pub disk_cache: Option<ByteSize>,
+    /// Largest blob accepted [default: 5GiB]
+    #[arg(long, env = "BLOBCACHE_MAX_BLOB_SIZE")]
+    pub max_blob_size: Option<ByteSize>,
+    /// Acknowledge PUTs once durable here (back) or once in the store (through) [default: back]
+    #[arg(long, env = "BLOBCACHE_WRITE_MODE", value_enum)]
+    pub write_mode: Option<WriteMode>,
+    /// Parallel uploads to the store [default: 4]
+    #[arg(long, env = "BLOBCACHE_UPLOAD_CONCURRENCY")]
+    pub upload_concurrency: Option<usize>,
+    /// How long shutdown waits for requests and uploads to finish [default: 30s]
+    #[arg(long, env = "BLOBCACHE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "BLOBCACHE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Size of a cache chunk; changing it invalidates the disk cache [default: 4MiB − 8KiB]
+    #[arg(long, env = "BLOBCACHE_CHUNK_SIZE", hide = true)]
+    pub chunk_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: String,
+    pub memory_cache: ByteSize,
+    pub disk_cache: ByteSize,
+    pub max_blob_size: ByteSize,
+    pub write_mode: WriteMode,
+    pub upload_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub chunk_size: ByteSize,
+}
+
+impl Settings {
+    /// Fill every unset field of `self` from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            store: self.store.or(other.store),
+            memory_cache: self.memory_cache.or(other.memory_cache),
+            disk_cache: self.disk_cache.or(other.disk_cache),
+            max_blob_size: self.max_blob_size.or(other.max_blob_size),
+            write_mode: self.write_mode.or(other.write_mode),
+            upload_concurrency: self.upload_concurrency.or(other.upload_concurrency),
+            shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
+            log_format: self.log_format.or(other.log_format),
+            chunk_size: self.chunk_size.or(other.chunk_size),
+        }
+    }
+}
+
+impl ConfigArgs {
+    /// Merge the command line (flags and env, as clap resolved them) over the file and defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        Config::from_settings(self.settings.or(file))
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("--config: {} is not a valid configuration", path.display()))
+}
+
+impl Config {
+    pub fn from_settings(s: Settings) -> anyhow::Result<Config> {
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("./blobcache-data"));
+        let store = s
+            .store
+            .unwrap_or_else(|| format!("file://{}", absolute(&data_dir.join("store")).display()));
+        let config = Config {
+            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            store,
+            data_dir,
+            memory_cache: s.memory_cache.unwrap_or(ByteSize::mib(256)),
+            disk_cache: s.disk_cache.unwrap_or(ByteSize::gib(4)),
+            max_blob_size: s.max_blob_size.unwrap_or(ByteSize::gib(5)),
+            write_mode: s.write_mode.unwrap_or(WriteMode::Back),
+            upload_concurrency: s.upload_concurrency.unwrap_or(4),
+            shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            log_format: s.log_format.unwrap_or(LogFormat::Text),
+            chunk_size: s.chunk_size.unwrap_or(ByteSize::b(DEFAULT_CHUNK_SIZE)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let chunk = self.chunk_size.as_u64();
+        anyhow::ensure!(
+            (4096..=60 * 1024 * 1024).contains(&chunk),
+            "--chunk-size must lie between 4KiB and 60MiB, got {}",
+            self.chunk_size
+        );
+        anyhow::ensure!(
+            self.memory_cache.as_u64() >= 4 * chunk,
+            "--memory-cache must hold at least 4 chunks ({}), got {}",
+            ByteSize::b(4 * chunk),
+            self.memory_cache
+        );
+        anyhow::ensure!(
+            self.disk_cache.as_u64() >= 256 * 1024 * 1024,
+            "--disk-cache must be at least 256MiB, got {}",
+            self.disk_cache
+        );
+        anyhow::ensure!(self.max_blob_size.as_u64() > 0, "--max-blob-size must be above 0");
+        anyhow::ensure!(
+            (1..=256).contains(&self.upload_concurrency),
+            "--upload-concurrency must lie between 1 and 256, got {}",
+            self.upload_concurrency
+        );
+        Ok(())
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<ConfigArgs, clap::Error> {
+        let mut full = vec!["blobcache", "serve"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|c| match c.command {
+            Command::Serve(a) | Command::CheckConfig(a) => a,
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.memory_cache, ByteSize::mib(256));
+        assert_eq!(c.disk_cache, ByteSize::gib(4));
+        assert_eq!(c.max_blob_size, ByteSize::gib(5));
+        assert_eq!(c.write_mode, WriteMode::Back);
+        assert!(
+            c.store.starts_with("file:///") && c.store.ends_with("blobcache-data/store"),
+            "{}",
+            c.store
+        );
+    }
+
+    #[test]
+    fn sizes_accept_common_units() {
+        let a = parse(&[
+            "--memory-cache",
+            "64MiB",
+            "--disk-cache",
+            "4GiB",
+            "--max-blob-size",
+            "1GB",
+        ])
+        .unwrap();
+        let c = a.resolve().unwrap();
+        assert_eq!(c.memory_cache.as_u64(), 64 << 20);
+        assert_eq!(c.disk_cache.as_u64(), 4 << 30);
+        assert_eq!(c.max_blob_size.as_u64(), 1_000_000_000);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = parse(&["--memory-cache", "lots"]).unwrap_err().to_string();
+        assert!(e.contains("--memory-cache"), "{e}");
+        let e = parse(&["--write-mode", "sideways"]).unwrap_err().to_string();
+        assert!(e.contains("--write-mode"), "{e}");
+        let e = parse(&["--disk-cache", "1MiB"])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--disk-cache"), "{e}");
+    }
+
+    #[test]
+    fn file_is_below_flags_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "memory-cache = \"32MiB\"\nwrite-mode = \"through\"\nshutdown-grace = \"5s\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--memory-cache", "48MiB"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.memory_cache.as_u64(), 48 << 20, "flag wins over file");
+        assert_eq!(c.write_mode, WriteMode::Through, "file wins over default");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+
+        std::fs::write(&path, "memory-cash = \"32MiB\"\n").unwrap();
+        let e = format!("{:#}", parse(&["--config", p]).unwrap().resolve().unwrap_err());
+        assert!(e.contains("memory-cash"), "{e}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Handlers of `/blobs`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::AppState;
+use super::error::ApiError;
+use super::range::{self, RangeRequest};
+use crate::blobs::{Opened, PutRequest, Source};
+use crate::key::BlobKey;
+
+const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+const X_CACHE: &str = "x-cache";
+
+fn parse_key(raw: &str) -> Result<BlobKey, ApiError> {
+    raw.parse().map_err(|_| ApiError::invalid_key(raw))
+}
+
+fn etag(key: &BlobKey) -> String {
+    format!("\"{key}\"")
+}
+
+/// Whether an `If-None-Match` list names this blob (weak comparison, `*` included).
+fn none_match(headers: &HeaderMap, key: &BlobKey) -> bool {
+    let ours = key.to_string();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || tag.trim_matches('"').eq_ignore_ascii_case(&ours)
+        })
+}
+
+/// Whether `If-Range` (if any) still allows a partial answer: only our strong ETag does.
+fn if_range_holds(headers: &HeaderMap, key: &BlobKey) -> bool {
+    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v.trim() == etag(key),
+    }
+}
+
+fn blob_headers(headers: &mut HeaderMap, opened: &Opened) {
+    let h = |s: &str| HeaderValue::from_str(s).expect("ASCII header");
+    headers.insert(header::ETAG, h(&etag(&opened.key)));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let cache = if opened.source == Source::Store { "miss" } else { "hit" };
+    headers.insert(X_CACHE, HeaderValue::from_static(cache));
+}
+
+pub async fn get_blob(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req_headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = parse_key(&raw)?;
+    let opened = state.blobs.open(&key).await?;
+    let size = opened.size;
+    let mut resp = Response::new(Body::empty());
+    blob_headers(resp.headers_mut(), &opened);
+    if none_match(&req_headers, &key) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        return Ok(resp);
+    }
+    let wanted = match req_headers.get(header::RANGE).map(|v| v.to_str()) {
+        Some(Ok(v)) if if_range_holds(&req_headers, &key) => range::parse(v, size),
+        Some(Err(_)) => RangeRequest::Malformed,
+        _ => RangeRequest::Full,
+    };
+    let range = match wanted {
+        RangeRequest::Full => 0..size,
+        RangeRequest::Partial(r) => r,
+        RangeRequest::Unsatisfiable | RangeRequest::Malformed => {
+            let malformed = wanted == RangeRequest::Malformed;
+            let (code, message) = if malformed {
+                ("invalid_range", "the Range header is not a valid byte range")
+            } else {
+                ("range_not_satisfiable", "the requested range lies outside the blob")
+            };
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                code,
+                format!("{message} (size {size})"),
+            )
+            .with_header(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+            ));
+        }
+    };
+    let partial = range.end - range.start != size;
+    if partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let cr = format!("bytes {}-{}/{}", range.start, range.end - 1, size);
+        resp.headers_mut()
+            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("ASCII"));
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
+    let stream = state.blobs.read(opened, range).await?;
+    *resp.body_mut() = Body::from_stream(stream);
+    Ok(resp)
+}
+
+pub async fn head_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let key = parse_key(&raw)?;
+    let opened = state.blobs.open(&key).await?;
+    let mut resp = Response::new(Body::empty());
+    blob_headers(resp.headers_mut(), &opened);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(opened.size));
+    Ok(resp)
+}
+
+fn content_md5(headers: &HeaderMap) -> Result<Option<BlobKey>, ApiError> {
+    let Some(v) = headers.get("content-md5") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_content_md5",
+            "Content-MD5 must be the base64 of a 16-byte MD5 digest",
+        )
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.as_bytes())
+        .map_err(|_| bad())?;
+    let bytes: [u8; 16] = raw.try_into().map_err(|_| bad())?;
+    Ok(Some(BlobKey::from_bytes(bytes)))
+}
+
+fn declared_len(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn store(
+    state: &AppState,
+    expected: Option<BlobKey>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req = PutRequest {
+        expected,
+        content_md5: content_md5(headers)?,
+        declared_len: declared_len(headers),
+    };
+    let outcome = state.blobs.put(req, body.into_data_stream()).await?;
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/blobs/{}", outcome.md5);
+    let mut resp = (status, Json(outcome)).into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&location).expect("ASCII"));
+    resp.headers_mut()
+        .insert(header::ETAG, HeaderValue::from_str(&etag(&outcome.md5)).expect("ASCII"));
+    Ok(resp)
+}
+
+pub async fn put_blob(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = parse_key(&raw)?;
+    store(&state, Some(key), &headers, body).await
+}
+
+pub async fn post_blob(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    store(&state, None, &headers, body).await
+}
+
+pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    let key = parse_key(&raw)?;
+    state.blobs.delete(&key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,43 @@
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use blobcache::config::{Cli, Command, Config, LogFormat};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => {
+            let config = args.resolve()?;
+            print!("{}", toml::to_string(&config).context("printing the configuration")?);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            init_tracing(&config);
+            tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("--listen {}", config.listen))?;
+            blobcache::app::run(listener, config, shutdown_signal()).await
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,165 @@
+//! The local-directory store: the embedded default, so blobcache runs with no S3 at all.
+//!
+//! Layout: `<root>/ab/cd/<md5>`; writes go to `<root>/.tmp/` first and are renamed
+//! into place after an fsync, so a reader never sees a partial blob.
+
+use std::io::{self, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteStream, Store, StoreError, StoreErrorKind};
+use crate::fsutil;
+use crate::key::BlobKey;
+
+const READ_BUFFER: usize = 256 * 1024;
+
+/// A store in a local directory.
+#[derive(Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsStore {
+    /// Open (and create) the store directory; leftovers of interrupted writes are removed.
+    pub async fn open(root: &Path) -> io::Result<Self> {
+        let tmp = root.join(".tmp");
+        tokio::fs::create_dir_all(&tmp).await?;
+        fsutil::clear_dir(&tmp).await?;
+        Ok(FsStore {
+            root: root.to_path_buf(),
+            tmp,
+        })
+    }
+
+    fn path_of(&self, key: &BlobKey) -> PathBuf {
+        let hex = key.to_string();
+        self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+}
+
+fn io_error(key: &BlobKey, what: &str, e: io::Error) -> StoreError {
+    let kind = match e.kind() {
+        io::ErrorKind::NotFound => StoreErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => StoreErrorKind::Denied,
+        _ => StoreErrorKind::Unavailable,
+    };
+    StoreError::new(kind, format!("{what} {key} in the local store")).with_source(e)
+}
+
+#[async_trait]
+impl Store for FsStore {
+    async fn head(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let meta = tokio::fs::metadata(self.path_of(key))
+            .await
+            .map_err(|e| io_error(key, "stat", e))?;
+        Ok(meta.len())
+    }
+
+    async fn get(&self, key: &BlobKey, range: Range<u64>) -> Result<ByteStream, StoreError> {
+        let mut file = tokio::fs::File::open(self.path_of(key))
+            .await
+            .map_err(|e| io_error(key, "open", e))?;
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(|e| io_error(key, "seek", e))?;
+        }
+        let key = *key;
+        let reader = file.take(range.end - range.start);
+        Ok(ReaderStream::with_capacity(reader, READ_BUFFER)
+            .map(move |r| r.map_err(|e| io_error(&key, "read", e)))
+            .boxed())
+    }
+
+    async fn put_file(&self, key: &BlobKey, path: &Path, _size: u64) -> Result<(), StoreError> {
+        let dest = self.path_of(key);
+        let tmp = self.tmp.join(format!("{key}.{:016x}", rand::random::<u64>()));
+        let src = path.to_path_buf();
+        let key = *key;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let parent = dest.parent().expect("fan-out directories");
+            std::fs::create_dir_all(parent)?;
+            let result = (|| {
+                std::fs::copy(&src, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &dest)?;
+                fsutil::sync_dir(parent)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, "store write task failed").with_source(e))?
+        .map_err(|e| io_error(&key, "write", e))
+    }
+
+    async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.path_of(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(key, "delete", e)),
+        }
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        tokio::fs::metadata(&self.tmp).await.map(|_| ()).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("local store {} is not readable", self.root.display()),
+            )
+            .with_source(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn put_get_range_head_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("store")).await.unwrap();
+        let data = b"hello, blobcache".to_vec();
+        let key = BlobKey::of(&data);
+        let src = dir.path().join("src");
+        std::fs::write(&src, &data).unwrap();
+
+        assert!(store.head(&key).await.unwrap_err().is_not_found());
+        store.put_file(&key, &src, data.len() as u64).await.unwrap();
+        assert_eq!(store.head(&key).await.unwrap(), data.len() as u64);
+        let hex = key.to_string();
+        assert!(
+            dir.path()
+                .join("store")
+                .join(&hex[..2])
+                .join(&hex[2..4])
+                .join(&hex)
+                .is_file()
+        );
+
+        let got: Vec<u8> = store
+            .get(&key, 7..16)
+            .await
+            .unwrap()
+            .map_ok(|b| b.to_vec())
+            .try_concat()
+            .await
+            .unwrap();
+        assert_eq!(got, b"blobcache");
+
+        store.delete(&key).await.unwrap();
+        store.delete(&key).await.unwrap();
+        assert!(store.head(&key).await.unwrap_err().is_not_found());
+        assert_eq!(std::fs::read_dir(dir.path().join("store/.tmp")).unwrap().count(), 0);
+    }
+}
