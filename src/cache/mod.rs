@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
-    RecoverMode,
+    RecoverMode, Throttle,
 };
 
 use crate::key::BlobKey;
@@ -25,6 +25,15 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024 - 8 * 1024;
 
 /// foyer's disk block; an entry must stay below it (less 4 KiB).
 const BLOCK_SIZE: usize = 64 * 1024 * 1024;
+
+/// foyer's flusher drops entries that arrive while both of its buffers are
+/// busy. On close it flushes the whole memory tier at once, paced only by the
+/// device's write throttle; this pace lets a 256 MiB memory tier reach the
+/// disk in about a second without overrunning the buffers.
+const CLOSE_FLUSH_BYTES_PER_SEC: usize = 256 * 1024 * 1024;
+
+/// The flusher's buffer pool (two buffers): a few chunks each.
+const BUFFER_POOL: usize = 32 * 1024 * 1024;
 
 /// Sizes of the two tiers.
 #[derive(Debug, Clone)]
@@ -160,13 +169,13 @@ impl BlobCache {
         let disk = config.disk_bytes / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
         let device = FsDeviceBuilder::new(&config.dir)
             .with_capacity(disk as usize)
+            .with_throttle(Throttle::new().with_write_throughput(CLOSE_FLUSH_BYTES_PER_SEC))
             .build()
             .map_err(open_err)?;
         // Memory shards each hold capacity/shards: keep room for several chunks per shard.
         let shards = (config.memory_bytes / (chunk * 8)).clamp(1, 8) as usize;
-        // The flush buffer must take a whole chunk entry or foyer silently drops it;
-        // twice a chunk lets one fill while another is written.
-        let buffer_pool = (2 * (chunk as usize + 64 * 1024)).max(16 * 1024 * 1024);
+        // Each of the two flush buffers must take a whole chunk entry or foyer silently drops it.
+        let buffer_pool = BUFFER_POOL.max(4 * (chunk as usize + 64 * 1024));
         let hybrid = HybridCacheBuilder::new()
             .with_name("blobcache")
             .with_policy(HybridCachePolicy::WriteOnEviction)

@@ -1,0 +1,215 @@
+//! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with temporary directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use blobcache::app::App;
+use blobcache::config::{Config, Settings};
+use blobcache::http::AppState;
+use blobcache::key::BlobKey;
+use bytesize::ByteSize;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const CHUNK: usize = blobcache::cache::DEFAULT_CHUNK_SIZE as usize;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub dir: Option<TempDir>,
+    pub data_dir: PathBuf,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings small enough for tests; callers adjust them.
+pub fn test_settings() -> Settings {
+    Settings {
+        memory_cache: Some(ByteSize::mib(64)),
+        disk_cache: Some(ByteSize::mib(256)),
+        shutdown_grace: Some(Duration::from_secs(5)),
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(test_settings()).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn_in(dir, settings).await
+    }
+
+    /// Start a node whose data directory is `dir` (reused across restarts).
+    pub async fn spawn_in(dir: TempDir, mut settings: Settings) -> TestApp {
+        let data_dir = dir.path().to_path_buf();
+        settings.data_dir = Some(data_dir.clone());
+        settings.listen = Some("127.0.0.1:0".parse().unwrap());
+        let config = Config::from_settings(settings).expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let app = App::build(config).await.expect("build app");
+        let state = app.state().clone();
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(app.serve(listener, async move { signal.cancelled().await }));
+        TestApp {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            state,
+            dir: Some(dir),
+            data_dir,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Shut down cleanly (as on SIGTERM) and hand back the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        self.stop.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown within 30 s")
+            .expect("server task")
+            .expect("clean shutdown");
+        self.dir.take().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn blob_url(&self, key: &BlobKey) -> String {
+        self.url(&format!("/blobs/{key}"))
+    }
+
+    pub async fn put(&self, data: &[u8]) -> reqwest::Response {
+        let key = BlobKey::of(data);
+        self.client
+            .put(self.blob_url(&key))
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub async fn get(&self, key: &BlobKey) -> reqwest::Response {
+        self.client.get(self.blob_url(key)).send().await.expect("GET")
+    }
+
+    pub async fn get_range(&self, key: &BlobKey, range: &str) -> reqwest::Response {
+        self.client
+            .get(self.blob_url(key))
+            .header("range", range)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn store_path(&self, key: &BlobKey) -> PathBuf {
+        let hex = key.to_string();
+        self.store_dir().join(&hex[..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Put bytes straight into the store under `key`, as another tool would.
+    pub fn seed_store_as(&self, key: &BlobKey, data: &[u8]) {
+        let path = self.store_path(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    pub fn seed_store(&self, data: &[u8]) -> BlobKey {
+        let key = BlobKey::of(data);
+        self.seed_store_as(&key, data);
+        key
+    }
+
+    pub fn store_gets(&self) -> u64 {
+        self.state.store_stats.gets.load(Ordering::Relaxed)
+    }
+
+    pub fn store_bytes_read(&self) -> u64 {
+        self.state.store_stats.bytes_read.load(Ordering::Relaxed)
+    }
+
+    pub fn pending_blobs(&self) -> u64 {
+        self.state.blobs.replicator().snapshot().pending_blobs
+    }
+
+    /// Wait until every acknowledged blob reached the store.
+    pub async fn replicated(&self) {
+        eventually("the pending queue to empty", || self.pending_blobs() == 0).await;
+    }
+
+    /// Files left anywhere in the spool (temporary or pending).
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        files_under(&self.data_dir.join("spool"))
+    }
+
+    /// Blobs in the store (ignoring its temp dir).
+    pub fn store_files(&self) -> Vec<PathBuf> {
+        files_under(&self.store_dir())
+    }
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Poll a condition until it holds, failing the test after 20 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Deterministic pseudo-random bytes (incompressible, distinct per seed).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Read a JSON error body and check its code.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["error"], code, "error code in {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message in {body}"
+    );
+}

@@ -1,0 +1,152 @@
+//! Read-through: coalesced cold reads, integrity of what is served, and the
+//! disk tier across a restart.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use blobcache::key::BlobKey;
+use common::{CHUNK, TestApp, data};
+use futures::StreamExt;
+
+#[tokio::test]
+async fn concurrent_cold_gets_share_one_store_read() {
+    let app = TestApp::spawn().await;
+
+    // One chunk: 32 clients, one store read.
+    let small = data(CHUNK / 2, 1);
+    let key = app.seed_store(&small);
+    let gets = (0..32).map(|_| async { app.get(&key).await.bytes().await.unwrap() });
+    for got in futures::future::join_all(gets).await {
+        assert!(got.as_ref() == small.as_slice());
+    }
+    assert_eq!(app.store_gets(), 1, "one store read for 32 cold GETs");
+
+    // 3.5 chunks: one read per chunk, and every byte read once.
+    let big = data(CHUNK * 7 / 2, 2);
+    let key = app.seed_store(&big);
+    let before = (app.store_gets(), app.store_bytes_read());
+    let gets = (0..32).map(|_| async { app.get(&key).await.bytes().await.unwrap() });
+    for got in futures::future::join_all(gets).await {
+        assert!(got.as_ref() == big.as_slice());
+    }
+    assert_eq!(app.store_gets() - before.0, 4, "one store read per chunk");
+    assert_eq!(
+        app.store_bytes_read() - before.1,
+        big.len() as u64,
+        "each byte read from the store once"
+    );
+    let fills = app.state.blobs.stats().fills.load(Ordering::Relaxed);
+    assert_eq!(fills, 2, "one fill per blob");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_does_not_stop_the_fill_for_others() {
+    let app = TestApp::spawn().await;
+    let body = data(CHUNK * 3, 3);
+    let key = app.seed_store(&body);
+
+    let leaver = app.get(&key).await;
+    assert_eq!(leaver.status(), 200);
+    let mut stream = leaver.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream);
+
+    let got = app.get(&key).await.bytes().await.unwrap();
+    assert!(got.as_ref() == body.as_slice());
+    assert_eq!(app.store_gets(), 3, "the fill went on; nothing was read twice");
+}
+
+#[tokio::test]
+async fn a_store_object_that_does_not_match_its_key_is_never_served_whole() {
+    let app = TestApp::spawn().await;
+    for (label, len) in [("one chunk", 1000usize), ("several chunks", CHUNK * 2 + 17)] {
+        let good = data(len, 4 + len as u64);
+        let key = BlobKey::of(&good);
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff; // same length, last byte flipped
+        app.seed_store_as(&key, &bad);
+
+        for attempt in 0..2 {
+            let resp = app.get(&key).await;
+            assert_eq!(resp.status(), 200, "{label}: headers go out before the check");
+            let body = resp.bytes().await;
+            assert!(
+                body.is_err(),
+                "{label} attempt {attempt}: a damaged blob must not complete as a 200"
+            );
+            assert!(
+                app.state.blobs.cache().meta(&key).await.is_none(),
+                "{label}: not cached as complete"
+            );
+            assert_eq!(
+                app.get(&key).await.headers()["x-cache"],
+                "miss",
+                "{label}: still a miss"
+            );
+        }
+        let failures = app.state.blobs.stats().integrity_failures.load(Ordering::Relaxed);
+        assert!(failures >= 2, "{label}: counted ({failures})");
+
+        // A range can still be served (it cannot be checked against the whole-blob MD5).
+        let resp = app.get_range(&key, "bytes=0-9").await;
+        assert_eq!(resp.status(), 206);
+    }
+
+    // An empty object under a non-empty blob's key: refused before any body.
+    let key = BlobKey::of(b"not empty");
+    app.seed_store_as(&key, b"");
+    common::assert_error(app.get(&key).await, 502, "integrity_error").await;
+}
+
+#[tokio::test]
+async fn the_disk_cache_survives_a_clean_restart() {
+    let app = TestApp::spawn().await;
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| data(CHUNK * 2 + i * 1000, 10 + i as u64)).collect();
+    for b in &blobs {
+        assert_eq!(app.put(b).await.status(), 201);
+    }
+    // And one that only came through the store.
+    let cold = data(CHUNK + 7, 20);
+    let cold_key = app.seed_store(&cold);
+    assert!(app.get(&cold_key).await.bytes().await.unwrap().as_ref() == cold.as_slice());
+    app.replicated().await;
+    common::eventually("new blobs to be cached", || {
+        blobs
+            .iter()
+            .all(|b| futures::executor::block_on(app.state.blobs.cache().meta(&BlobKey::of(b))).is_some())
+    })
+    .await;
+
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, common::test_settings()).await;
+    for b in blobs.iter().chain([&cold]) {
+        let key = BlobKey::of(b);
+        let resp = app.get(&key).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-cache"], "hit", "cached before the restart");
+        assert!(resp.bytes().await.unwrap().as_ref() == b.as_slice());
+    }
+    assert_eq!(app.store_gets(), 0, "no store reads after the restart");
+    assert_eq!(app.store_bytes_read(), 0);
+}
+
+#[tokio::test]
+async fn deleted_blobs_stay_deleted_after_a_restart() {
+    let app = TestApp::spawn().await;
+    let body = data(CHUNK + 1, 30);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    app.replicated().await;
+    assert_eq!(app.get(&key).await.status(), 200);
+    assert_eq!(
+        app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),
+        204
+    );
+
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, common::test_settings()).await;
+    assert_eq!(app.get(&key).await.status(), 404);
+}

@@ -1,0 +1,170 @@
+//! Round trips of every size that matters, through both the write path and the read-through path.
+
+mod common;
+
+use blobcache::key::BlobKey;
+use common::{CHUNK, TestApp, data};
+
+const SIZES: &[(&str, usize)] = &[
+    ("0 B", 0),
+    ("1 B", 1),
+    ("chunk-1", CHUNK - 1),
+    ("chunk", CHUNK),
+    ("chunk+1", CHUNK + 1),
+    ("3.5 chunks", CHUNK * 7 / 2),
+    ("64 MiB", 64 << 20),
+];
+
+#[tokio::test]
+async fn put_then_get_every_size() {
+    let app = TestApp::spawn().await;
+    for (i, &(name, len)) in SIZES.iter().enumerate() {
+        let body = data(len, i as u64);
+        let key = BlobKey::of(&body);
+        let resp = app.put(&body).await;
+        assert_eq!(resp.status(), 201, "{name}: PUT");
+        assert_eq!(resp.headers()["location"], format!("/blobs/{key}"));
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["md5"], key.to_string());
+        assert_eq!(json["size"], len as u64);
+
+        let resp = app.get(&key).await;
+        assert_eq!(resp.status(), 200, "{name}: GET");
+        assert_eq!(resp.headers()["content-length"], len.to_string().as_str());
+        assert_eq!(resp.headers()["etag"], format!("\"{key}\"").as_str());
+        assert_eq!(resp.headers()["accept-ranges"], "bytes");
+        assert_eq!(resp.headers()["cache-control"], "public, max-age=31536000, immutable");
+        assert_eq!(
+            resp.headers()["x-cache"],
+            "hit",
+            "{name}: a blob written here is served locally"
+        );
+        let got = resp.bytes().await.unwrap();
+        assert!(got.as_ref() == body.as_slice(), "{name}: bytes differ");
+
+        let head = app.client.head(app.blob_url(&key)).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["content-length"],
+            len.to_string().as_str(),
+            "{name}: HEAD length"
+        );
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    app.replicated().await;
+    assert_eq!(app.store_files().len(), SIZES.len(), "every blob reached the store");
+    assert!(app.spool_files().is_empty(), "the spool is empty once replicated");
+    assert_eq!(app.store_gets(), 0, "nothing was read back from the store");
+}
+
+#[tokio::test]
+async fn read_through_every_size_from_the_store() {
+    let app = TestApp::spawn().await;
+    for (i, &(name, len)) in SIZES.iter().enumerate() {
+        let body = data(len, 100 + i as u64);
+        let key = app.seed_store(&body);
+
+        let resp = app.get(&key).await;
+        assert_eq!(resp.status(), 200, "{name}: cold GET");
+        assert_eq!(resp.headers()["x-cache"], "miss", "{name}");
+        assert_eq!(resp.headers()["content-length"], len.to_string().as_str());
+        let got = resp.bytes().await.unwrap();
+        assert!(got.as_ref() == body.as_slice(), "{name}: cold bytes differ");
+
+        let reads_before = app.store_gets();
+        let resp = app.get(&key).await;
+        assert_eq!(resp.headers()["x-cache"], "hit", "{name}: second GET is a hit");
+        let got = resp.bytes().await.unwrap();
+        assert!(got.as_ref() == body.as_slice(), "{name}: warm bytes differ");
+        assert_eq!(
+            app.store_gets(),
+            reads_before,
+            "{name}: a hit reads nothing from the store"
+        );
+    }
+}
+
+#[tokio::test]
+async fn existing_blob_put_is_200_and_post_computes_the_key() {
+    let app = TestApp::spawn().await;
+    let body = data(1000, 7);
+    let key = BlobKey::of(&body);
+
+    let resp = app
+        .client
+        .post(app.url("/blobs"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["location"], format!("/blobs/{key}"));
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json, serde_json::json!({"md5": key.to_string(), "size": 1000}));
+
+    // Same key again, by PUT and by POST /blobs/{md5}: 200, nothing rewritten.
+    assert_eq!(app.put(&body).await.status(), 200);
+    let resp = app
+        .client
+        .post(app.blob_url(&key))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .client
+        .post(app.url("/blobs"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats = app.state.blobs.stats();
+    assert_eq!(stats.puts_created.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Upper-case keys are the same blob.
+    let upper = app
+        .client
+        .get(app.url(&format!("/blobs/{}", key.to_string().to_uppercase())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upper.status(), 200);
+    assert_eq!(upper.bytes().await.unwrap().as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn write_through_answers_after_the_store_has_it() {
+    let mut settings = common::test_settings();
+    settings.write_mode = Some(blobcache::blobs::WriteMode::Through);
+    let app = TestApp::spawn_with(settings).await;
+    let body = data(CHUNK + 5, 9);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    // No waiting: the store holds the blob the moment the PUT is answered.
+    assert_eq!(std::fs::read(app.store_path(&key)).unwrap(), body);
+    assert!(app.spool_files().is_empty());
+    assert_eq!(app.get(&key).await.bytes().await.unwrap().as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn delete_removes_everywhere_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let body = data(2 * CHUNK + 3, 11);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    app.replicated().await;
+    assert_eq!(app.get(&key).await.status(), 200);
+
+    let resp = app.client.delete(app.blob_url(&key)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(!app.store_path(&key).exists());
+    common::assert_error(app.get(&key).await, 404, "not_found").await;
+    let head = app.client.head(app.blob_url(&key)).send().await.unwrap();
+    assert_eq!(head.status(), 404);
+    assert_eq!(
+        app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),
+        204
+    );
+}
