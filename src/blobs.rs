@@ -11,7 +11,7 @@
 //! (write-through).
 
 use std::collections::HashMap;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -493,20 +493,26 @@ impl BlobService {
         }
 
         let spool = self.replicator.spool().clone();
-        let (file, guard) = spool.temp_file().map_err(BlobError::io("create a spool file"))?;
-        // Hashing and writing run on a blocking thread so the body keeps flowing meanwhile.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Md5, u64, std::fs::File)> {
+        let (writer, guard) = spool.temp_file().map_err(BlobError::io("create a spool file"))?;
+        // Hashing and writing each run on a blocking thread of their own, in
+        // parallel, while the body keeps flowing in.
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let hashing = tokio::task::spawn_blocking(move || {
             let mut hasher = Md5::new();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut size = 0u64;
-            while let Some(bytes) = rx.blocking_recv() {
+            while let Some(bytes) = hash_rx.blocking_recv() {
                 hasher.update(&bytes);
-                out.write_all(&bytes)?;
+            }
+            hasher
+        });
+        let writing = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, std::fs::File)> {
+            let mut writer = writer;
+            let mut size = 0u64;
+            while let Some(bytes) = write_rx.blocking_recv() {
+                writer.write(&bytes)?;
                 size += bytes.len() as u64;
             }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            Ok((hasher, size, file))
+            Ok((size, writer.finish()?))
         });
         let mut received = 0u64;
         while let Some(frame) = body.next().await {
@@ -515,15 +521,16 @@ impl BlobService {
             if received > limit {
                 return Err(BlobError::TooLarge { limit });
             }
-            if tx.send(bytes).await.is_err() {
+            if hash_tx.send(bytes.clone()).await.is_err() || write_tx.send(bytes).await.is_err() {
                 break; // the writer failed: its error is reported below
             }
         }
-        drop(tx);
-        let (hasher, size, file) = writer
+        drop((hash_tx, write_tx));
+        let (size, file) = writing
             .await
             .expect("spool writer task")
             .map_err(BlobError::io("write the spool"))?;
+        let hasher = hashing.await.expect("hash task");
         let key = BlobKey::from_digest(hasher);
         if let Some(expected) = req.expected
             && expected != key

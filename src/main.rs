@@ -4,9 +4,17 @@ use tracing_subscriber::EnvFilter;
 
 use blobcache::config::{Cli, Command, Config, LogFormat};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tame_malloc();
     let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig(args) => {
             let config = args.resolve()?;
@@ -39,5 +47,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Chunks are 4 MiB buffers allocated and freed on many threads. glibc raises
+/// its mmap threshold after such a free, so later chunks land in per-thread
+/// arenas that keep their freed memory: RSS then grows far past the cache
+/// size. A fixed threshold keeps every chunk in its own mapping, returned to
+/// the system when freed.
+fn tame_malloc() {
+    // SAFETY: mallopt only sets an allocator parameter; it runs before the runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }

@@ -3,6 +3,7 @@
 //! the store confirms a blob or the blob is deleted.
 
 pub mod spool;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use spool::{Spool, TempGuard};
+pub use writer::SpoolWriter;
 
 use crate::key::BlobKey;
 use crate::store::Store;

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::writer::SpoolWriter;
 use crate::fsutil;
 use crate::key::BlobKey;
 
@@ -56,12 +57,12 @@ impl Spool {
         Ok((Spool { tmp, pending }, found))
     }
 
-    /// A new temporary file for an incoming upload; it is removed when the
+    /// A writer for a new temporary upload file; the file is removed when the
     /// guard drops unless the upload is committed.
-    pub fn temp_file(&self) -> io::Result<(File, TempGuard)> {
+    pub fn temp_file(&self) -> io::Result<(SpoolWriter, TempGuard)> {
         let path = self.tmp.join(format!("{:016x}", rand::random::<u64>()));
-        let file = File::options().write(true).read(true).create_new(true).open(&path)?;
-        Ok((file, TempGuard { path: Some(path) }))
+        let (file, direct) = super::writer::create(&path)?;
+        Ok((SpoolWriter::new(file, direct), TempGuard { path: Some(path) }))
     }
 
     pub fn pending_path(&self, key: &BlobKey) -> PathBuf {
@@ -134,7 +135,6 @@ impl Drop for TempGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[tokio::test]
     async fn commit_moves_to_pending_and_drop_cleans_up() {
@@ -142,14 +142,15 @@ mod tests {
         let (spool, found) = Spool::open(dir.path()).await.unwrap();
         assert!(found.is_empty());
 
-        let (mut f, guard) = spool.temp_file().unwrap();
+        let (mut w, guard) = spool.temp_file().unwrap();
         let tmp_path = guard.path().to_path_buf();
-        f.write_all(b"abc").unwrap();
+        w.write(b"abc").unwrap();
         drop(guard);
         assert!(!tmp_path.exists(), "an abandoned upload is removed");
 
-        let (mut f, guard) = spool.temp_file().unwrap();
-        f.write_all(b"abc").unwrap();
+        let (mut w, guard) = spool.temp_file().unwrap();
+        w.write(b"abc").unwrap();
+        let f = w.finish().unwrap();
         let key = BlobKey::of(b"abc");
         let path = spool.commit(guard, &f, &key).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
