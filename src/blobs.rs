@@ -556,10 +556,15 @@ impl BlobService {
         }
 
         let since = SystemTime::now();
-        let (path, file) = tokio::task::spawn_blocking(move || spool.commit(guard, &file, &key).map(|p| (p, file)))
-            .await
-            .expect("spool commit task")
-            .map_err(BlobError::io("make the upload durable"))?;
+        // The spool file was written with O_DIRECT; the cache warmer reads it through a plain handle.
+        let (path, file) = tokio::task::spawn_blocking(move || {
+            let path = spool.commit(guard, &file, &key)?;
+            let reader = std::fs::File::open(&path)?;
+            Ok::<_, std::io::Error>((path, reader))
+        })
+        .await
+        .expect("spool commit task")
+        .map_err(BlobError::io("make the upload durable"))?;
         match self.config.write_mode {
             crate::blobs::WriteMode::Back => self.replicator.enqueue(key, size, since),
             crate::blobs::WriteMode::Through => {

@@ -113,10 +113,13 @@ async fn the_disk_cache_survives_a_clean_restart() {
     let cold_key = app.seed_store(&cold);
     assert!(app.get(&cold_key).await.bytes().await.unwrap().as_ref() == cold.as_slice());
     app.replicated().await;
-    common::eventually("new blobs to be cached", || {
-        blobs
-            .iter()
-            .all(|b| futures::executor::block_on(app.state.blobs.cache().meta(&BlobKey::of(b))).is_some())
+    common::eventually_async("new blobs to be cached", || async {
+        for b in &blobs {
+            if app.state.blobs.cache().meta(&BlobKey::of(b)).await.is_none() {
+                return false;
+            }
+        }
+        true
     })
     .await;
 

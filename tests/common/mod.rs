@@ -213,3 +213,16 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) {
         "a message in {body}"
     );
 }
+
+/// Like `eventually`, for a condition that has to await.
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
