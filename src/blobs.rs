@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -166,6 +166,51 @@ pub struct ServiceStats {
     pub puts_rejected: AtomicU64,
 }
 
+/// Tasks that will mark a blob complete in the cache (a fill, a warm after a
+/// PUT). A DELETE revokes them, so a task that started before the DELETE
+/// cannot bring the blob back into the cache after it.
+#[derive(Debug, Default)]
+struct Completions {
+    tokens: Mutex<HashMap<BlobKey, Vec<Arc<AtomicBool>>>>,
+}
+
+impl Completions {
+    fn begin(&self, key: BlobKey) -> Arc<AtomicBool> {
+        let token = Arc::new(AtomicBool::new(false));
+        self.tokens
+            .lock()
+            .expect("completions lock")
+            .entry(key)
+            .or_default()
+            .push(token.clone());
+        token
+    }
+
+    /// Insert the metadata unless a DELETE revoked the token; forget the token either way.
+    fn finish(&self, cache: &BlobCache, key: BlobKey, token: &Arc<AtomicBool>, meta: Option<BlobMeta>) {
+        let mut tokens = self.tokens.lock().expect("completions lock");
+        if let Some(meta) = meta
+            && !token.load(Ordering::Acquire)
+        {
+            // Under the lock: a DELETE either revokes before this, or removes the entry after it.
+            cache.insert_meta(&key, meta);
+        }
+        if let Some(list) = tokens.get_mut(&key) {
+            list.retain(|t| !Arc::ptr_eq(t, token));
+            if list.is_empty() {
+                tokens.remove(&key);
+            }
+        }
+    }
+
+    fn revoke(&self, key: &BlobKey) {
+        let tokens = self.tokens.lock().expect("completions lock");
+        for t in tokens.get(key).into_iter().flatten() {
+            t.store(true, Ordering::Release);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct FillState {
     /// Chunks read, hashed and cached so far (in order).
@@ -182,6 +227,7 @@ pub struct BlobService {
     replicator: Arc<Replicator>,
     config: ServiceConfig,
     fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
+    completions: Completions,
     warmers: Semaphore,
     stats: ServiceStats,
 }
@@ -194,6 +240,7 @@ impl BlobService {
             replicator,
             config,
             fills: Mutex::default(),
+            completions: Completions::default(),
             warmers: Semaphore::new(2),
             stats: ServiceStats::default(),
         }
@@ -395,6 +442,7 @@ impl BlobService {
     }
 
     async fn run_fill(self: Arc<Self>, key: BlobKey, size: u64, tx: Arc<watch::Sender<FillState>>) {
+        let token = self.completions.begin(key);
         let n = chunks::count(size, self.chunk_size());
         let svc = self.clone();
         let mut parts = stream::iter(0..n)
@@ -420,10 +468,11 @@ impl BlobService {
             }
         }
         drop(parts);
+        let mut verified = None;
         if result.is_ok() {
             let actual = BlobKey::from_digest(hasher);
             if actual == key {
-                self.cache.insert_meta(&key, BlobMeta { size });
+                verified = Some(BlobMeta { size });
             } else {
                 self.integrity_failure(key, actual, size);
                 result = Err(BlobError::Integrity { key, actual });
@@ -431,6 +480,7 @@ impl BlobService {
         } else if let Err(e) = &result {
             tracing::warn!(%key, error = %crate::error_chain(e), "read-through of a blob failed");
         }
+        self.completions.finish(&self.cache, key, &token, verified);
         self.fills.lock().expect("fills lock").remove(&key);
         tx.send_modify(|s| s.outcome = Some(result.map_err(Arc::new)));
     }
@@ -593,8 +643,10 @@ impl BlobService {
             return;
         }
         let svc = self.clone();
+        let token = self.completions.begin(key);
         tokio::spawn(async move {
             let Ok(_permit) = svc.warmers.acquire().await else {
+                svc.completions.finish(&svc.cache, key, &token, None);
                 return;
             };
             let cs = svc.chunk_size();
@@ -609,16 +661,19 @@ impl BlobService {
                     Ok(bytes) => svc.cache.insert_chunk(&key, i, bytes),
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "could not cache a new blob");
+                        svc.completions.finish(&svc.cache, key, &token, None);
                         return;
                     }
                 }
             }
-            svc.cache.insert_meta(&key, BlobMeta { size });
+            svc.completions.finish(&svc.cache, key, &token, Some(BlobMeta { size }));
         });
     }
 
     /// Remove a blob everywhere this node can reach: cache, pending queue, store.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
+        // First stop any fill or warm of this blob from marking it complete again.
+        self.completions.revoke(key);
         let size = self.existing_size(key).await;
         if let Some(size) = size {
             self.cache.remove_blob(key, size);

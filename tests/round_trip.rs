@@ -168,3 +168,24 @@ async fn delete_removes_everywhere_and_is_idempotent() {
         204
     );
 }
+
+#[tokio::test]
+async fn delete_right_after_put_is_not_undone_by_the_cache_warmer() {
+    let app = TestApp::spawn().await;
+    for seed in 0..3 {
+        let body = data(32 << 20, 40 + seed);
+        let key = BlobKey::of(&body);
+        assert_eq!(app.put(&body).await.status(), 201);
+        // While the new blob is still being copied into the cache:
+        assert_eq!(
+            app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),
+            204
+        );
+        app.replicated().await;
+        assert_eq!(app.get(&key).await.status(), 404, "deleted means gone");
+        // So the next PUT must write it again, and the store must end up with it.
+        assert_eq!(app.put(&body).await.status(), 201, "a deleted blob is stored anew");
+        app.replicated().await;
+        assert_eq!(std::fs::read(app.store_path(&key)).unwrap().len(), body.len());
+    }
+}
