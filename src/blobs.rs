@@ -33,7 +33,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Chunks fetched ahead of the one being sent, per reader.
 const READAHEAD: usize = 4;
 /// Body frames queued between the network and the hashing writer thread.
-const WRITE_QUEUE: usize = 32;
+const WRITE_QUEUE: usize = 16;
 
 /// When a PUT is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -564,8 +564,10 @@ impl BlobService {
             }
             Ok((size, writer.finish()?))
         });
-        let mut received = 0u64;
+        let started = std::time::Instant::now();
+        let (mut received, mut frames) = (0u64, 0u64);
         while let Some(frame) = body.next().await {
+            frames += 1;
             let bytes = frame.map_err(|e| BlobError::UploadAborted(e.into()))?;
             received += bytes.len() as u64;
             if received > limit {
@@ -576,11 +578,13 @@ impl BlobService {
             }
         }
         drop((hash_tx, write_tx));
+        let body_received = started.elapsed();
         let (size, file) = writing
             .await
             .expect("spool writer task")
             .map_err(BlobError::io("write the spool"))?;
         let hasher = hashing.await.expect("hash task");
+        tracing::debug!(size, frames, ?body_received, hashed = ?started.elapsed(), "upload received");
         let key = BlobKey::from_digest(hasher);
         if let Some(expected) = req.expected
             && expected != key
@@ -627,6 +631,7 @@ impl BlobService {
                 stored?;
             }
         }
+        tracing::debug!(%key, size, total = ?started.elapsed(), "upload stored");
         self.warm(key, size, file);
         Ok(PutOutcome {
             md5: key,
@@ -652,6 +657,9 @@ impl BlobService {
             let cs = svc.chunk_size();
             let file = Arc::new(file);
             for i in 0..chunks::count(size, cs) {
+                if token.load(Ordering::Acquire) {
+                    break; // deleted meanwhile: stop copying
+                }
                 let f = file.clone();
                 let range = chunks::bounds(i, size, cs);
                 match tokio::task::spawn_blocking(move || read_at(&f, range))

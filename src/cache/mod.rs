@@ -32,8 +32,9 @@ const BLOCK_SIZE: usize = 64 * 1024 * 1024;
 /// disk in about a second without overrunning the buffers.
 const CLOSE_FLUSH_BYTES_PER_SEC: usize = 256 * 1024 * 1024;
 
-/// The flusher's buffer pool (two buffers): a few chunks each.
-const BUFFER_POOL: usize = 32 * 1024 * 1024;
+/// The flusher's buffer pool (two buffers), and the most evicted bytes that may wait for
+/// it: memory spent outside the memory tier, so kept small.
+const BUFFER_POOL: usize = 16 * 1024 * 1024;
 
 /// Sizes of the two tiers.
 #[derive(Debug, Clone)]
@@ -172,14 +173,19 @@ impl BlobCache {
             .with_throttle(Throttle::new().with_write_throughput(CLOSE_FLUSH_BYTES_PER_SEC))
             .build()
             .map_err(open_err)?;
-        // Memory shards each hold capacity/shards: keep room for several chunks per shard.
-        let shards = (config.memory_bytes / (chunk * 8)).clamp(1, 8) as usize;
         // Each of the two flush buffers must take a whole chunk entry or foyer silently drops it.
-        let buffer_pool = BUFFER_POOL.max(4 * (chunk as usize + 64 * 1024));
+        let buffer_pool = BUFFER_POOL.max(2 * (chunk as usize + 64 * 1024));
+        // --memory-cache bounds all the memory the cache holds: the flush buffers
+        // and the evicted entries queued for them come out of the memory tier's share.
+        let memory_tier = (config.memory_bytes as usize)
+            .saturating_sub(2 * buffer_pool)
+            .max(4 * chunk as usize);
+        // Memory shards each hold capacity/shards: keep room for several chunks per shard.
+        let shards = (memory_tier as u64 / (chunk * 8)).clamp(1, 8) as usize;
         let hybrid = HybridCacheBuilder::new()
             .with_name("blobcache")
             .with_policy(HybridCachePolicy::WriteOnEviction)
-            .memory(config.memory_bytes as usize)
+            .memory(memory_tier)
             .with_shards(shards)
             .with_weighter(|_k: &EntryKey, v: &Bytes| v.len() + 64)
             .storage()
@@ -188,7 +194,7 @@ impl BlobCache {
                 BlockEngineConfig::new(device)
                     .with_block_size(BLOCK_SIZE)
                     .with_buffer_pool_size(buffer_pool)
-                    .with_submit_queue_size_threshold(buffer_pool * 2)
+                    .with_submit_queue_size_threshold(buffer_pool)
                     // Deleted blobs must not come back after a restart.
                     .with_tombstone_log(true),
             )

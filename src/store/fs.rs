@@ -86,7 +86,15 @@ impl Store for FsStore {
             let parent = dest.parent().expect("fan-out directories");
             std::fs::create_dir_all(parent)?;
             let result = (|| {
-                std::fs::copy(&src, &tmp)?;
+                // Blobs are immutable, so the store may share the spool file's inode:
+                // a hard link costs nothing. Across filesystems, copy.
+                match std::fs::hard_link(&src, &tmp) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.kind() == io::ErrorKind::PermissionDenied => {
+                        std::fs::copy(&src, &tmp)?;
+                    }
+                    Err(e) => return Err(e),
+                }
                 std::fs::File::open(&tmp)?.sync_all()?;
                 std::fs::rename(&tmp, &dest)?;
                 fsutil::sync_dir(parent)
