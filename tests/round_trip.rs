@@ -28,6 +28,8 @@ async fn put_then_get_every_size() {
         assert_eq!(json["md5"], key.to_string());
         assert_eq!(json["size"], len as u64);
 
+        // A blob written here is copied into the cache in the background.
+        app.cached(&key).await;
         let resp = app.get(&key).await;
         assert_eq!(resp.status(), 200, "{name}: GET");
         assert_eq!(resp.headers()["content-length"], len.to_string().as_str());

@@ -29,7 +29,7 @@ pub struct TestApp {
 /// Settings small enough for tests; callers adjust them.
 pub fn test_settings() -> Settings {
     Settings {
-        memory_cache: Some(ByteSize::mib(64)),
+        memory_cache: Some(ByteSize::mib(128)),
         disk_cache: Some(ByteSize::mib(256)),
         shutdown_grace: Some(Duration::from_secs(5)),
         ..Settings::default()
@@ -150,6 +150,14 @@ impl TestApp {
     /// Wait until every acknowledged blob reached the store.
     pub async fn replicated(&self) {
         eventually("the pending queue to empty", || self.pending_blobs() == 0).await;
+    }
+
+    /// Wait until the cache holds `key` as a complete blob.
+    pub async fn cached(&self, key: &BlobKey) {
+        eventually_async("the blob to be cached", || async {
+            self.state.blobs.cache().meta(key).await.is_some()
+        })
+        .await;
     }
 
     /// Files left anywhere in the spool (temporary or pending).
