@@ -1,0 +1,80 @@
+//! Write-back: acknowledged blobs survive a store outage and a restart.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use blobcache::key::BlobKey;
+use common::{TestApp, data};
+
+/// Make the local store refuse writes: its staging directory becomes a file.
+fn break_store(store: &Path) {
+    let tmp = store.join(".tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+}
+
+fn mend_store(store: &Path) {
+    let tmp = store.join(".tmp");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+}
+
+#[tokio::test]
+async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {
+    let mut settings = common::test_settings();
+    settings.shutdown_grace = Some(Duration::from_millis(300));
+    let app = TestApp::spawn_with(settings.clone()).await;
+    break_store(&app.store_dir());
+
+    let blobs: Vec<Vec<u8>> = (0..5).map(|i| data(100_000 + i * 7, 50 + i as u64)).collect();
+    for b in &blobs {
+        assert_eq!(app.put(b).await.status(), 201, "acknowledged while the store is down");
+    }
+    common::eventually("failed upload attempts", || {
+        app.state.blobs.replicator().snapshot().upload_failures >= 5
+    })
+    .await;
+    assert_eq!(app.pending_blobs(), 5);
+    // Readable meanwhile, from this node.
+    for b in &blobs {
+        let resp = app.get(&BlobKey::of(b)).await;
+        assert_eq!(resp.headers()["x-cache"], "hit");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), b.as_slice());
+    }
+
+    // A clean stop with the store still down: the blobs stay pending on disk.
+    let dir = app.stop().await;
+    assert_eq!(common::files_under(&dir.path().join("spool/pending")).len(), 5);
+
+    // The store comes back; the next start replays the queue.
+    mend_store(&dir.path().join("store"));
+    let app = TestApp::spawn_in(dir, settings).await;
+    app.replicated().await;
+    for b in &blobs {
+        assert_eq!(
+            std::fs::read(app.store_path(&BlobKey::of(b))).unwrap(),
+            *b,
+            "in the store with the right bytes"
+        );
+    }
+    assert!(app.spool_files().is_empty(), "the queue is empty");
+}
+
+#[tokio::test]
+async fn uploads_are_retried_until_the_store_takes_them() {
+    let app = TestApp::spawn().await;
+    break_store(&app.store_dir());
+    let body = data(300_000, 60);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    common::eventually("a failed attempt", || {
+        app.state.blobs.replicator().snapshot().upload_failures >= 1
+    })
+    .await;
+    mend_store(&app.store_dir());
+    // The first retry comes after about a second (backoff with jitter).
+    app.replicated().await;
+    assert_eq!(std::fs::read(app.store_path(&key)).unwrap(), body);
+}
