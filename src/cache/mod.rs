@@ -187,6 +187,9 @@ impl BlobCache {
             .with_policy(HybridCachePolicy::WriteOnEviction)
             .memory(memory_tier)
             .with_shards(shards)
+            // S3-FIFO resists scans: one big download does not flush the hot set
+            // (and a blob larger than the memory tier does not thrash it).
+            .with_eviction_config(foyer::S3FifoConfig::default())
             .with_weighter(|_k: &EntryKey, v: &Bytes| v.len() + 64)
             .storage()
             .with_recover_mode(RecoverMode::Quiet)
