@@ -94,15 +94,30 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub store: String,
+    #[serde(serialize_with = "exact_size")]
     pub memory_cache: ByteSize,
+    #[serde(serialize_with = "exact_size")]
     pub disk_cache: ByteSize,
+    #[serde(serialize_with = "exact_size")]
     pub max_blob_size: ByteSize,
     pub write_mode: WriteMode,
     pub upload_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    #[serde(serialize_with = "exact_size")]
     pub chunk_size: ByteSize,
+}
+
+/// Print a size exactly, in the largest binary unit that divides it, so the
+/// printed configuration reads back as the same values.
+fn exact_size<S: serde::Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+    let b = size.as_u64();
+    let text = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        .iter()
+        .find(|(_, unit)| b > 0 && b.is_multiple_of(*unit))
+        .map_or_else(|| format!("{b}B"), |(name, unit)| format!("{}{name}", b / unit));
+    s.serialize_str(&text)
 }
 
 impl Settings {
@@ -252,6 +267,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--disk-cache"), "{e}");
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_exactly() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("chunk-size = \"4088KiB\""), "{text}");
+        let back: Settings = toml::from_str(&text).unwrap();
+        let c2 = Config::from_settings(back).unwrap();
+        assert_eq!(c2.chunk_size, c.chunk_size);
+        assert_eq!(c2.memory_cache, c.memory_cache);
+        assert_eq!(c2.shutdown_grace, c.shutdown_grace);
     }
 
     #[test]
