@@ -59,6 +59,7 @@ impl App {
             ServiceConfig {
                 max_blob_size: config.max_blob_size.as_u64(),
                 write_mode: config.write_mode,
+                spool_size: config.spool_size.as_u64(),
             },
         ));
         let state = AppState {

@@ -65,6 +65,9 @@ pub struct Settings {
     /// Acknowledge PUTs once durable here (back) or once in the store (through) [default: back]
     #[arg(long, env = "BLOBCACHE_WRITE_MODE", value_enum)]
     pub write_mode: Option<WriteMode>,
+    /// Bytes the spool may hold for the store; past it PUTs get 503 [default: 10GiB]
+    #[arg(long, env = "BLOBCACHE_SPOOL_SIZE")]
+    pub spool_size: Option<ByteSize>,
     /// Parallel uploads to the store [default: 4]
     #[arg(long, env = "BLOBCACHE_UPLOAD_CONCURRENCY")]
     pub upload_concurrency: Option<usize>,
@@ -101,6 +104,8 @@ pub struct Config {
     #[serde(serialize_with = "exact_size")]
     pub max_blob_size: ByteSize,
     pub write_mode: WriteMode,
+    #[serde(serialize_with = "exact_size")]
+    pub spool_size: ByteSize,
     pub upload_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -131,6 +136,7 @@ impl Settings {
             disk_cache: self.disk_cache.or(other.disk_cache),
             max_blob_size: self.max_blob_size.or(other.max_blob_size),
             write_mode: self.write_mode.or(other.write_mode),
+            spool_size: self.spool_size.or(other.spool_size),
             upload_concurrency: self.upload_concurrency.or(other.upload_concurrency),
             shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
             log_format: self.log_format.or(other.log_format),
@@ -169,6 +175,7 @@ impl Config {
             disk_cache: s.disk_cache.unwrap_or(ByteSize::gib(4)),
             max_blob_size: s.max_blob_size.unwrap_or(ByteSize::gib(5)),
             write_mode: s.write_mode.unwrap_or(WriteMode::Back),
+            spool_size: s.spool_size.unwrap_or(ByteSize::gib(10)),
             upload_concurrency: s.upload_concurrency.unwrap_or(4),
             shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
@@ -197,6 +204,12 @@ impl Config {
             self.disk_cache
         );
         anyhow::ensure!(self.max_blob_size.as_u64() > 0, "--max-blob-size must be above 0");
+        anyhow::ensure!(
+            self.spool_size >= self.max_blob_size,
+            "--spool-size ({}) must be at least --max-blob-size ({}): a larger blob could never be accepted",
+            self.spool_size,
+            self.max_blob_size
+        );
         anyhow::ensure!(
             (1..=256).contains(&self.upload_concurrency),
             "--upload-concurrency must lie between 1 and 256, got {}",

@@ -78,3 +78,79 @@ async fn uploads_are_retried_until_the_store_takes_them() {
     app.replicated().await;
     assert_eq!(std::fs::read(app.store_path(&key)).unwrap(), body);
 }
+
+#[tokio::test]
+async fn a_full_spool_refuses_new_blobs_and_keeps_the_old_ones() {
+    let mut settings = common::test_settings();
+    settings.spool_size = Some(bytesize::ByteSize::kib(1000));
+    settings.max_blob_size = Some(bytesize::ByteSize::kib(1000));
+    let app = TestApp::spawn_with(settings).await;
+    break_store(&app.store_dir());
+
+    let first = data(600_000, 80);
+    assert_eq!(app.put(&first).await.status(), 201);
+    let second = data(600_000, 81);
+    let second_key = BlobKey::of(&second);
+
+    // Declared length: refused before reading.
+    let resp = app.put(&second).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    common::assert_error(resp, 503, "spool_full").await;
+    // Streamed without a length: refused once it no longer fits.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = second.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    match app.client.put(app.blob_url(&second_key)).body(body).send().await {
+        Ok(resp) => common::assert_error(resp, 503, "spool_full").await,
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+    common::eventually("abandoned uploads to go", || app.spool_files().len() == 1).await;
+    assert_eq!(app.get(&second_key).await.status(), 404);
+    // The earlier blob is unaffected.
+    assert_eq!(
+        app.get(&BlobKey::of(&first)).await.bytes().await.unwrap().as_ref(),
+        first.as_slice()
+    );
+
+    // Once the store drains the spool, the same PUT is accepted.
+    mend_store(&app.store_dir());
+    app.replicated().await;
+    assert_eq!(app.put(&second).await.status(), 201);
+}
+
+#[tokio::test]
+async fn a_put_can_ask_to_be_answered_only_once_stored() {
+    let app = TestApp::spawn().await;
+    let body = data(200_000, 90);
+    let key = BlobKey::of(&body);
+    let put = || {
+        app.client
+            .put(app.blob_url(&key))
+            .header("x-blob-durability", "stored")
+            .body(body.clone())
+    };
+
+    break_store(&app.store_dir());
+    let resp = put().send().await.unwrap();
+    common::assert_error(resp, 503, "store_unavailable").await;
+    assert!(app.spool_files().is_empty(), "nothing half-stored");
+    assert_eq!(app.pending_blobs(), 0);
+
+    mend_store(&app.store_dir());
+    assert_eq!(put().send().await.unwrap().status(), 201);
+    assert_eq!(
+        std::fs::read(app.store_path(&key)).unwrap(),
+        body,
+        "in the store when answered"
+    );
+
+    let resp = app
+        .client
+        .put(app.blob_url(&BlobKey::of(b"x")))
+        .header("x-blob-durability", "soon")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    common::assert_error(resp, 400, "invalid_durability").await;
+}

@@ -19,6 +19,8 @@ pub enum BlobError {
     ContentMd5Mismatch { key: BlobKey, header: BlobKey },
     #[error("the blob is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the spool is full ({limit} bytes wait for the store); retry later")]
+    SpoolFull { limit: u64 },
     #[error("the upload ended before its body was complete")]
     UploadAborted(#[source] BoxError),
     #[error("the store's copy of {key} has MD5 {actual}: refusing to serve it")]

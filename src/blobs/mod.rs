@@ -73,6 +73,8 @@ pub type BodyStream = BoxStream<'static, Result<Bytes, BlobError>>;
 pub struct ServiceConfig {
     pub max_blob_size: u64,
     pub write_mode: WriteMode,
+    /// Bytes the spool may hold: blobs pending upload plus uploads under way.
+    pub spool_size: u64,
 }
 
 /// Counters for /stats and tests.
@@ -101,6 +103,8 @@ pub struct BlobService {
     fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
     completions: Completions,
     warmers: Semaphore,
+    /// Spool bytes promised to uploads under way (see `write::Reservation`).
+    spool_reserved: AtomicU64,
     stats: ServiceStats,
 }
 
@@ -113,6 +117,7 @@ impl BlobService {
             config,
             fills: Mutex::default(),
             completions: Completions::default(),
+            spool_reserved: AtomicU64::new(0),
             warmers: Semaphore::new(2),
             stats: ServiceStats::default(),
         }

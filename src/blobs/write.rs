@@ -18,6 +18,19 @@ use crate::key::BlobKey;
 /// Body frames queued between the network and the hashing writer thread.
 const WRITE_QUEUE: usize = 16;
 
+/// Spool bytes promised to one upload; given back when it ends (committed blobs
+/// are then counted by the pending queue).
+struct Reservation {
+    svc: Arc<BlobService>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.svc.spool_reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 /// What a PUT asks for.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PutRequest {
@@ -27,6 +40,8 @@ pub struct PutRequest {
     pub content_md5: Option<BlobKey>,
     /// A declared `Content-Length`.
     pub declared_len: Option<u64>,
+    /// Answer only once the store has the blob, whatever the node's write mode.
+    pub write_through: bool,
 }
 
 /// What a PUT did.
@@ -79,6 +94,14 @@ impl BlobService {
             }
         }
 
+        // Never drop a write: refuse it up front when the spool cannot take it.
+        let mut reservation = Reservation {
+            svc: self.clone(),
+            bytes: 0,
+        };
+        if let Some(n) = req.declared_len {
+            self.reserve(&mut reservation, n)?;
+        }
         let spool = self.replicator.spool().clone();
         let (writer, guard) = spool.temp_file().map_err(BlobError::io("create a spool file"))?;
         // Hashing and writing each run on a blocking thread of their own, in
@@ -109,6 +132,10 @@ impl BlobService {
             received += bytes.len() as u64;
             if received > limit {
                 return Err(BlobError::TooLarge { limit });
+            }
+            if received > reservation.bytes {
+                let more = received - reservation.bytes;
+                self.reserve(&mut reservation, more)?;
             }
             if hash_tx.send(bytes.clone()).await.is_err() || write_tx.send(bytes).await.is_err() {
                 break; // the writer failed: its error is reported below
@@ -156,7 +183,12 @@ impl BlobService {
         .await
         .expect("spool commit task")
         .map_err(BlobError::io("make the upload durable"))?;
-        match self.config.write_mode {
+        let mode = if req.write_through {
+            WriteMode::Through
+        } else {
+            self.config.write_mode
+        };
+        match mode {
             WriteMode::Back => self.replicator.enqueue(key, size, since),
             WriteMode::Through => {
                 let stored = self.store.put_file(&key, &path, size).await;
@@ -175,6 +207,18 @@ impl BlobService {
             size,
             created: true,
         })
+    }
+
+    /// Promise `more` spool bytes to an upload, if the spool has room.
+    fn reserve(self: &Arc<Self>, r: &mut Reservation, more: u64) -> Result<(), BlobError> {
+        let limit = self.config.spool_size;
+        let before = self.spool_reserved.fetch_add(more, Ordering::SeqCst);
+        if self.replicator.pending_bytes() + before + more > limit {
+            self.spool_reserved.fetch_sub(more, Ordering::SeqCst);
+            return Err(BlobError::SpoolFull { limit });
+        }
+        r.bytes += more;
+        Ok(())
     }
 
     /// Copy a just-written blob into the cache, a chunk at a time, in the

@@ -15,6 +15,7 @@ use crate::key::BlobKey;
 
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 const X_CACHE: &str = "x-cache";
+const DURABILITY: &str = "x-blob-durability";
 
 fn parse_key(raw: &str) -> Result<BlobKey, ApiError> {
     raw.parse().map_err(|_| ApiError::invalid_key(raw))
@@ -143,6 +144,20 @@ fn content_md5(headers: &HeaderMap) -> Result<Option<BlobKey>, ApiError> {
     Ok(Some(BlobKey::from_bytes(bytes)))
 }
 
+/// `X-Blob-Durability: stored` asks for an answer only once the store has the blob.
+fn wants_store(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(DURABILITY).map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("stored") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("pending") => Ok(false),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_durability",
+            "X-Blob-Durability on a PUT is `stored` (answer once the store has the blob) or `pending`",
+        )),
+    }
+}
+
 fn declared_len(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -157,6 +172,7 @@ async fn store(
         expected,
         content_md5: content_md5(headers)?,
         declared_len: declared_len(headers),
+        write_through: wants_store(headers)?,
     };
     let outcome = state.blobs.put(req, body.into_data_stream()).await?;
     let status = if outcome.created {

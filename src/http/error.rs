@@ -88,6 +88,11 @@ impl From<BlobError> for ApiError {
             e @ BlobError::TooLarge { .. } => {
                 ApiError::new(S::PAYLOAD_TOO_LARGE, "too_large", format!("{e}; nothing was stored"))
             }
+            e @ BlobError::SpoolFull { .. } => {
+                tracing::warn!(error = %e, "refused an upload: the spool is full");
+                ApiError::new(S::SERVICE_UNAVAILABLE, "spool_full", format!("{e}; nothing was stored"))
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
             e @ BlobError::UploadAborted(_) => {
                 tracing::info!(error = %crate::error_chain(e), "upload aborted by the client");
                 ApiError::new(

@@ -87,6 +87,8 @@ pub struct Replicator {
     work: Notify,
     idle: Notify,
     stats: ReplicationStats,
+    /// Bytes of live (not deleted) pending blobs, kept beside the map for cheap reads.
+    pending_bytes: AtomicU64,
 }
 
 impl Replicator {
@@ -99,6 +101,7 @@ impl Replicator {
             work: Notify::new(),
             idle: Notify::new(),
             stats: Default::default(),
+            pending_bytes: AtomicU64::new(0),
         }
     }
 
@@ -109,17 +112,28 @@ impl Replicator {
     /// Queue an acknowledged blob (already durable in `pending/`) for upload.
     pub fn enqueue(&self, key: BlobKey, size: u64, since: SystemTime) {
         let mut state = self.state.lock().expect("queue lock");
-        let entry = state.entry(key).or_insert(Pending {
-            size,
-            since,
-            failures: 0,
-            next_attempt: Instant::now(),
-            uploading: false,
-            deleted: false,
+        let entry = state.entry(key).or_insert_with(|| {
+            self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+            Pending {
+                size,
+                since,
+                failures: 0,
+                next_attempt: Instant::now(),
+                uploading: false,
+                deleted: false,
+            }
         });
-        entry.deleted = false;
+        if entry.deleted {
+            entry.deleted = false;
+            self.pending_bytes.fetch_add(entry.size, Ordering::Relaxed);
+        }
         drop(state);
         self.work.notify_one();
+    }
+
+    /// Bytes of blobs waiting for the store.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes.load(Ordering::Relaxed)
     }
 
     pub fn is_pending(&self, key: &BlobKey) -> bool {
@@ -137,11 +151,14 @@ impl Replicator {
         let was_pending = {
             let mut state = self.state.lock().expect("queue lock");
             match state.get_mut(key) {
+                Some(p) if p.deleted => false,
                 Some(p) if p.uploading => {
                     p.deleted = true;
+                    self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
                     true
                 }
-                Some(_) => {
+                Some(p) => {
+                    self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
                     state.remove(key);
                     true
                 }
@@ -251,7 +268,11 @@ impl Replicator {
                 }
                 (_, p) => {
                     let deleted = p.is_some_and(|p| p.deleted);
-                    state.remove(&key);
+                    if let Some(p) = state.remove(&key)
+                        && !p.deleted
+                    {
+                        self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
+                    }
                     Some(deleted)
                 }
             }
