@@ -154,3 +154,52 @@ async fn a_put_can_ask_to_be_answered_only_once_stored() {
         .unwrap();
     common::assert_error(resp, 400, "invalid_durability").await;
 }
+
+#[tokio::test]
+async fn clients_can_see_whether_a_blob_reached_the_store() {
+    let app = TestApp::spawn().await;
+    let body = data(300_000, 95);
+    let key = BlobKey::of(&body);
+    let status = || async {
+        let r = app
+            .client
+            .get(app.url(&format!("/blobs/{key}/status")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let s = status().await;
+    assert_eq!(
+        (s["cached"].as_bool(), s["pending"].as_bool(), s["in_store"].as_bool()),
+        (Some(false), Some(false), Some(false))
+    );
+    assert!(s["size"].is_null());
+
+    break_store(&app.store_dir());
+    let resp = app.put(&body).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-blob-durability"], "pending");
+    assert_eq!(app.get(&key).await.headers()["x-blob-durability"], "pending");
+    let head = app.client.head(app.blob_url(&key)).send().await.unwrap();
+    assert_eq!(head.headers()["x-blob-durability"], "pending");
+    let s = status().await;
+    assert_eq!(s["pending"], true);
+    assert_eq!(s["in_store"], false);
+    assert_eq!(s["size"], 300_000);
+
+    mend_store(&app.store_dir());
+    app.replicated().await;
+    app.cached(&key).await;
+    assert_eq!(app.get(&key).await.headers()["x-blob-durability"], "stored");
+    assert_eq!(app.put(&body).await.headers()["x-blob-durability"], "stored");
+    let s = status().await;
+    assert_eq!(
+        (s["cached"].as_bool(), s["pending"].as_bool(), s["in_store"].as_bool()),
+        (Some(true), Some(false), Some(true))
+    );
+
+    let bad = app.client.get(app.url("/blobs/nothex/status")).send().await.unwrap();
+    common::assert_error(bad, 400, "invalid_key").await;
+}

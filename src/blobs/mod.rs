@@ -65,6 +65,19 @@ pub struct Opened {
     spool_file: Option<std::fs::File>,
 }
 
+/// The answer of `GET /blobs/{md5}/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BlobStatus {
+    pub md5: BlobKey,
+    /// Complete in this node's cache.
+    pub cached: bool,
+    /// Acknowledged here and waiting for the store.
+    pub pending: bool,
+    /// Whether the store has it; `null` when the store could not be asked.
+    pub in_store: Option<bool>,
+    pub size: Option<u64>,
+}
+
 /// A stream of body bytes.
 pub type BodyStream = BoxStream<'static, Result<Bytes, BlobError>>;
 
@@ -292,6 +305,36 @@ impl BlobService {
             .map_err(BlobError::io("remove a pending blob"))?;
         self.store.delete(key).await?;
         Ok(())
+    }
+
+    /// Where a blob is, as far as this node can tell.
+    pub async fn status(&self, key: &BlobKey) -> BlobStatus {
+        let meta = self.cache.meta(key).await;
+        let pending = self
+            .replicator
+            .spool()
+            .open_pending(key)
+            .ok()
+            .flatten()
+            .map(|(_, size)| size);
+        let stored = self.store.head(key).await;
+        let in_store = match &stored {
+            Ok(_) => Some(true),
+            Err(e) if e.is_not_found() => Some(false),
+            Err(_) => None,
+        };
+        BlobStatus {
+            md5: *key,
+            cached: meta.is_some(),
+            pending: pending.is_some(),
+            in_store,
+            size: meta.map(|m| m.size).or(pending).or(stored.ok()),
+        }
+    }
+
+    /// Whether a blob this node holds is still waiting for the store.
+    pub fn is_pending(&self, key: &BlobKey) -> bool {
+        self.replicator.is_pending(key)
     }
 
     /// A cheap check that the store answers.

@@ -10,7 +10,7 @@ use base64::Engine;
 use super::AppState;
 use super::error::ApiError;
 use super::range::{self, RangeRequest};
-use crate::blobs::{Opened, PutRequest, Source};
+use crate::blobs::{BlobStatus, Opened, PutRequest, Source};
 use crate::key::BlobKey;
 
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
@@ -48,7 +48,11 @@ fn if_range_holds(headers: &HeaderMap, key: &BlobKey) -> bool {
     }
 }
 
-fn blob_headers(headers: &mut HeaderMap, opened: &Opened) {
+fn durability(pending: bool) -> HeaderValue {
+    HeaderValue::from_static(if pending { "pending" } else { "stored" })
+}
+
+fn blob_headers(headers: &mut HeaderMap, opened: &Opened, pending: bool) {
     let h = |s: &str| HeaderValue::from_str(s).expect("ASCII header");
     headers.insert(header::ETAG, h(&etag(&opened.key)));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -59,6 +63,12 @@ fn blob_headers(headers: &mut HeaderMap, opened: &Opened) {
     );
     let cache = if opened.source == Source::Store { "miss" } else { "hit" };
     headers.insert(X_CACHE, HeaderValue::from_static(cache));
+    headers.insert(DURABILITY, durability(pending));
+}
+
+/// A blob served from this node's spool, or still queued, has not reached the store yet.
+fn pending(state: &AppState, opened: &Opened) -> bool {
+    opened.source == Source::Spool || state.blobs.is_pending(&opened.key)
 }
 
 pub async fn get_blob(
@@ -70,7 +80,7 @@ pub async fn get_blob(
     let opened = state.blobs.open(&key).await?;
     let size = opened.size;
     let mut resp = Response::new(Body::empty());
-    blob_headers(resp.headers_mut(), &opened);
+    blob_headers(resp.headers_mut(), &opened, pending(&state, &opened));
     if none_match(&req_headers, &key) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -120,7 +130,7 @@ pub async fn head_blob(State(state): State<AppState>, Path(raw): Path<String>) -
     let key = parse_key(&raw)?;
     let opened = state.blobs.open(&key).await?;
     let mut resp = Response::new(Body::empty());
-    blob_headers(resp.headers_mut(), &opened);
+    blob_headers(resp.headers_mut(), &opened, pending(&state, &opened));
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(opened.size));
     Ok(resp)
@@ -186,6 +196,8 @@ async fn store(
         .insert(header::LOCATION, HeaderValue::from_str(&location).expect("ASCII"));
     resp.headers_mut()
         .insert(header::ETAG, HeaderValue::from_str(&etag(&outcome.md5)).expect("ASCII"));
+    resp.headers_mut()
+        .insert(DURABILITY, durability(state.blobs.is_pending(&outcome.md5)));
     Ok(resp)
 }
 
@@ -207,4 +219,9 @@ pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>)
     let key = parse_key(&raw)?;
     state.blobs.delete(&key).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn blob_status(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<BlobStatus>, ApiError> {
+    let key = parse_key(&raw)?;
+    Ok(Json(state.blobs.status(&key).await))
 }

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
                 .post(blobs::put_blob)
                 .delete(blobs::delete_blob),
         )
+        .route("/blobs/{key}/status", get(blobs::blob_status))
         .route("/blobs", post(blobs::post_blob))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
