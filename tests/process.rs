@@ -60,10 +60,19 @@ fn start(data_dir: &std::path::Path) -> Server {
 
 impl Server {
     /// SIGTERM, then wait (bounded) for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn terminate(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// SIGKILL: no shutdown code runs at all.
+    fn kill(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(mut self, signal: libc::c_int) -> std::process::ExitStatus {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -148,4 +157,98 @@ async fn sigterm_stops_cleanly_and_the_cache_survives() {
 
     let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
     assert!(status.success());
+}
+
+async fn pending_blobs(client: &reqwest::Client, base: &str) -> u64 {
+    let stats: serde_json::Value = client
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["replication"]["pending_blobs"].as_u64().unwrap()
+}
+
+fn store_path(dir: &std::path::Path, key: &BlobKey) -> std::path::PathBuf {
+    let hex = key.to_string();
+    dir.join("store").join(&hex[..2]).join(&hex[2..4]).join(hex)
+}
+
+#[tokio::test]
+async fn sigkill_with_uploads_pending_loses_no_acknowledged_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = start(dir.path());
+    // The store refuses writes, so every acknowledged blob stays queued.
+    let store_tmp = dir.path().join("store/.tmp");
+    std::fs::remove_dir_all(&store_tmp).unwrap();
+    std::fs::write(&store_tmp, b"not a directory").unwrap();
+
+    let blobs: Vec<Vec<u8>> = (0..20).map(|i| data(50_000 + i * 1000, 200 + i as u64)).collect();
+    for b in &blobs {
+        let url = format!("{}/blobs/{}", server.base, BlobKey::of(b));
+        assert_eq!(client.put(&url).body(b.clone()).send().await.unwrap().status(), 201);
+    }
+    assert_eq!(pending_blobs(&client, &server.base).await, 20);
+    let status = tokio::task::spawn_blocking(move || server.kill()).await.unwrap();
+    assert!(!status.success(), "killed");
+
+    std::fs::remove_file(&store_tmp).unwrap();
+    std::fs::create_dir(&store_tmp).unwrap();
+    let server = start(dir.path());
+    common::eventually_async("the replayed queue to drain", || async {
+        pending_blobs(&client, &server.base).await == 0
+    })
+    .await;
+    for b in &blobs {
+        assert_eq!(
+            std::fs::read(store_path(dir.path(), &BlobKey::of(b))).unwrap(),
+            *b,
+            "every acknowledged blob, whole"
+        );
+    }
+    assert!(common::files_under(&store_tmp).is_empty(), "no partial objects");
+    assert!(
+        common::files_under(&dir.path().join("spool")).is_empty(),
+        "the spool is empty"
+    );
+    tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_before_the_acknowledgement_leaves_no_garbage() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = start(dir.path());
+    let body = data(8 << 20, 300);
+    let key = BlobKey::of(&body);
+    let addr = server.base.trim_start_matches("http://").to_string();
+
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /blobs/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body[..3 << 20]).await.unwrap();
+    let tmp = dir.path().join("spool/tmp");
+    common::eventually("the upload to reach the spool", || {
+        !common::files_under(&tmp).is_empty()
+    })
+    .await;
+    tokio::task::spawn_blocking(move || server.kill()).await.unwrap();
+    drop(sock);
+
+    let server = start(dir.path());
+    assert!(
+        common::files_under(&dir.path().join("spool")).is_empty(),
+        "half-written upload removed at start"
+    );
+    let resp = client.get(format!("{}/blobs/{key}", server.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(!store_path(dir.path(), &key).exists());
+    tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
 }
