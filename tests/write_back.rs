@@ -203,3 +203,33 @@ async fn clients_can_see_whether_a_blob_reached_the_store() {
     let bad = app.client.get(app.url("/blobs/nothex/status")).send().await.unwrap();
     common::assert_error(bad, 400, "invalid_key").await;
 }
+
+#[tokio::test]
+async fn delete_of_a_pending_blob_cancels_its_upload() {
+    let app = TestApp::spawn().await;
+    break_store(&app.store_dir());
+    let body = data(400_000, 99);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    common::eventually("a failed attempt", || {
+        app.state.blobs.replicator().snapshot().upload_failures >= 1
+    })
+    .await;
+
+    assert_eq!(
+        app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),
+        204
+    );
+    assert_eq!(app.pending_blobs(), 0, "no longer queued");
+    assert!(app.spool_files().is_empty(), "the spool file is gone");
+    assert_eq!(app.get(&key).await.status(), 404);
+
+    // The store comes back and other uploads go through; the deleted blob never does.
+    mend_store(&app.store_dir());
+    let other = data(1000, 100);
+    assert_eq!(app.put(&other).await.status(), 201);
+    app.replicated().await;
+    assert!(app.store_path(&BlobKey::of(&other)).exists());
+    assert!(!app.store_path(&key).exists(), "a deleted blob never reaches the store");
+    assert_eq!(app.state.blobs.replicator().snapshot().pending_bytes, 0);
+}
