@@ -68,6 +68,7 @@ impl App {
             started: Instant::now(),
             shutting_down: CancellationToken::new(),
             readiness_timeout: std::time::Duration::from_secs(2),
+            metrics: crate::metrics::Metrics::new(),
         };
         Ok(App {
             config,

@@ -6,6 +6,7 @@
 //! - [`cache`]: the foyer hybrid cache of chunks (the only user of foyer).
 //! - [`store`]: the persistent store trait and its backends.
 //! - [`replication`]: the durable spool and the upload workers.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`config`], [`app`]: configuration, start-up and shutdown.
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod config;
 mod fsutil;
 pub mod http;
 pub mod key;
+pub mod metrics;
 pub mod replication;
 pub mod store;
 

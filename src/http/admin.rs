@@ -58,3 +58,9 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "replication": state.blobs.replicator().snapshot(),
     }))
 }
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let body = state.metrics.render(&state);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

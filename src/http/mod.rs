@@ -32,6 +32,7 @@ pub struct AppState {
     /// Fired when the node begins to shut down: /readyz turns 503.
     pub shutting_down: CancellationToken,
     pub readiness_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -96,8 +97,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/stats", get(admin::stats))
+        .route("/metrics", get(admin::metrics))
         // Blob bodies are streamed and limited by --max-blob-size in the service.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware)

@@ -105,6 +105,10 @@ impl Replicator {
         }
     }
 
+    pub fn stats(&self) -> &ReplicationStats {
+        &self.stats
+    }
+
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }

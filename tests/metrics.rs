@@ -1,0 +1,74 @@
+//! /metrics: Prometheus text that moves with the traffic.
+
+mod common;
+
+use blobcache::key::BlobKey;
+use common::{TestApp, data};
+
+async fn scrape(app: &TestApp) -> String {
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    resp.text().await.unwrap()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn counters_move_after_a_hit_and_a_miss() {
+    let app = TestApp::spawn().await;
+    let hot = data(10_000, 1);
+    let hot_key = BlobKey::of(&hot);
+    assert_eq!(app.put(&hot).await.status(), 201);
+    app.replicated().await;
+    app.cached(&hot_key).await;
+    let cold = data(20_000, 2);
+    let cold_key = app.seed_store(&cold);
+
+    let before = scrape(&app).await;
+    assert_eq!(app.get(&hot_key).await.headers()["x-cache"], "hit");
+    assert_eq!(app.get(&cold_key).await.headers()["x-cache"], "miss");
+    let after = scrape(&app).await;
+
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(delta("blobcache_cache_hits_total"), 1.0);
+    assert_eq!(delta("blobcache_cache_misses_total"), 1.0);
+    assert_eq!(delta("blobcache_store_gets_total"), 1.0);
+    assert_eq!(delta("blobcache_store_read_bytes_total"), 20_000.0);
+    assert_eq!(
+        value(
+            &after,
+            r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="200"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            r#"blobcache_http_requests_total{method="PUT",route="/blobs/{key}",status="201"}"#
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &after,
+            r#"blobcache_http_request_duration_seconds_count{method="GET",route="/blobs/{key}"}"#
+        ) >= 2.0
+    );
+    assert_eq!(value(&after, "blobcache_pending_blobs"), 0.0);
+    assert_eq!(value(&after, "blobcache_upload_attempts_total"), 1.0);
+    // No blob key ever appears as a label value.
+    assert!(!after.contains(&hot_key.to_string()) && !after.contains(&cold_key.to_string()));
+}
