@@ -28,15 +28,15 @@ async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {
     let app = TestApp::spawn_with(settings.clone()).await;
     break_store(&app.store_dir());
 
-    let blobs: Vec<Vec<u8>> = (0..5).map(|i| data(100_000 + i * 7, 50 + i as u64)).collect();
+    let blobs: Vec<Vec<u8>> = (0..100).map(|i| data(20_000 + i * 7, 500 + i as u64)).collect();
     for b in &blobs {
         assert_eq!(app.put(b).await.status(), 201, "acknowledged while the store is down");
     }
     common::eventually("failed upload attempts", || {
-        app.state.blobs.replicator().snapshot().upload_failures >= 5
+        app.state.blobs.replicator().snapshot().upload_failures >= 100
     })
     .await;
-    assert_eq!(app.pending_blobs(), 5);
+    assert_eq!(app.pending_blobs(), 100);
     // Readable meanwhile, from this node.
     for b in &blobs {
         let resp = app.get(&BlobKey::of(b)).await;
@@ -46,7 +46,7 @@ async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {
 
     // A clean stop with the store still down: the blobs stay pending on disk.
     let dir = app.stop().await;
-    assert_eq!(common::files_under(&dir.path().join("spool/pending")).len(), 5);
+    assert_eq!(common::files_under(&dir.path().join("spool/pending")).len(), 100);
 
     // The store comes back; the next start replays the queue.
     mend_store(&dir.path().join("store"));
