@@ -169,15 +169,8 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     let app = TestApp::spawn().await;
     let body = data(8 << 20, 5);
     let key = BlobKey::of(&body);
-    let addr = app.base.trim_start_matches("http://").to_string();
 
-    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PUT /blobs/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    sock.write_all(&body[..3 << 20]).await.unwrap();
+    let sock = common::partial_put(&app.base, &body, 3 << 20).await;
     // The server is now spooling the upload; vanish halfway.
     eventually("the upload to reach the spool", || !app.spool_files().is_empty()).await;
     drop(sock);
@@ -186,9 +179,7 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     assert_nothing_stored(&app, &key).await;
 
     // A truncated body on a connection the client half-closes: an error, nothing stored.
-    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    sock.write_all(head.as_bytes()).await.unwrap();
-    sock.write_all(&body[..1000]).await.unwrap();
+    let mut sock = common::partial_put(&app.base, &body, 1000).await;
     sock.shutdown().await.unwrap();
     let mut answer = String::new();
     let _ = sock.read_to_string(&mut answer).await;

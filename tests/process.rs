@@ -219,21 +219,12 @@ async fn sigkill_with_uploads_pending_loses_no_acknowledged_blob() {
 
 #[tokio::test]
 async fn a_crash_before_the_acknowledgement_leaves_no_garbage() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let server = start(dir.path());
     let body = data(8 << 20, 300);
     let key = BlobKey::of(&body);
-    let addr = server.base.trim_start_matches("http://").to_string();
-
-    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PUT /blobs/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    sock.write_all(&body[..3 << 20]).await.unwrap();
+    let sock = common::partial_put(&server.base, &body, 3 << 20).await;
     let tmp = dir.path().join("spool/tmp");
     common::eventually("the upload to reach the spool", || {
         !common::files_under(&tmp).is_empty()

@@ -234,3 +234,19 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Start a PUT of `body` over a raw socket (declaring its full length) and
+/// send only its first `sent` bytes; the caller decides how the client fails.
+pub async fn partial_put(base: &str, body: &[u8], sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let key = BlobKey::of(body);
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT /blobs/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("request head");
+    sock.write_all(&body[..sent]).await.expect("part of the body");
+    sock
+}
