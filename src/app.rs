@@ -67,7 +67,10 @@ impl App {
             store_stats,
             started: Instant::now(),
             shutting_down: CancellationToken::new(),
-            readiness_timeout: std::time::Duration::from_secs(2),
+            readiness: Arc::new(crate::http::admin::Readiness::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(2),
+            )),
             metrics: crate::metrics::Metrics::new(),
         };
         Ok(App {

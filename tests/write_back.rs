@@ -2,24 +2,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use blobcache::key::BlobKey;
-use common::{TestApp, data};
-
-/// Make the local store refuse writes: its staging directory becomes a file.
-fn break_store(store: &Path) {
-    let tmp = store.join(".tmp");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    std::fs::write(&tmp, b"not a directory").unwrap();
-}
-
-fn mend_store(store: &Path) {
-    let tmp = store.join(".tmp");
-    std::fs::remove_file(&tmp).unwrap();
-    std::fs::create_dir(&tmp).unwrap();
-}
+use common::{TestApp, break_store, data, mend_store};
 
 #[tokio::test]
 async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {

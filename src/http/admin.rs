@@ -1,6 +1,7 @@
 //! Health, readiness and statistics endpoints.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -8,12 +9,49 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::blobs::BlobService;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the node is not shutting down and the store answers a cheap probe in time.
+/// The store probe behind /readyz: bounded in time, and its answer reused for a
+/// moment so probes from many load balancers cost the store one request.
+#[derive(Debug)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    reuse_for: Duration,
+    timeout: Duration,
+}
+
+impl Readiness {
+    pub fn new(reuse_for: Duration, timeout: Duration) -> Self {
+        Readiness {
+            last: tokio::sync::Mutex::new(None),
+            reuse_for,
+            timeout,
+        }
+    }
+
+    async fn check(&self, blobs: &BlobService) -> Result<(), String> {
+        // Callers that arrive during a probe wait for its answer (at most `timeout`).
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = &*last
+            && at.elapsed() < self.reuse_for
+        {
+            return result.clone();
+        }
+        let result = match tokio::time::timeout(self.timeout, blobs.probe_store()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("store: {}", crate::error_chain(&e))),
+            Err(_) => Err(format!("store: no answer within {:?}", self.timeout)),
+        };
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
+/// Ready when the node is not shutting down and the store answered a cheap probe recently.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.shutting_down.is_cancelled() {
         return (
@@ -21,15 +59,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({ "status": "unready", "reason": "shutting down" })),
         );
     }
-    match tokio::time::timeout(state.readiness_timeout, state.blobs.probe_store()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Ok(Err(e)) => (
+    match state.readiness.check(&state.blobs).await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "reason": format!("store: {}", crate::error_chain(&e)) })),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "reason": "store probe timed out" })),
+            Json(json!({ "status": "unready", "reason": reason })),
         ),
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, middleware, and the state handlers share.
 
-mod admin;
+pub mod admin;
 mod blobs;
 pub mod error;
 pub mod range;
@@ -31,7 +31,7 @@ pub struct AppState {
     pub started: Instant,
     /// Fired when the node begins to shut down: /readyz turns 503.
     pub shutting_down: CancellationToken,
-    pub readiness_timeout: Duration,
+    pub readiness: Arc<admin::Readiness>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 

@@ -118,13 +118,17 @@ impl Store for FsStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
-        tokio::fs::metadata(&self.tmp).await.map(|_| ()).map_err(|e| {
+        let unavailable = || {
             StoreError::new(
                 StoreErrorKind::Unavailable,
-                format!("local store {} is not readable", self.root.display()),
+                format!("local store {} cannot take writes", self.root.display()),
             )
-            .with_source(e)
-        })
+        };
+        match tokio::fs::metadata(&self.tmp).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(unavailable()),
+            Err(e) => Err(unavailable().with_source(e)),
+        }
     }
 }
 

@@ -250,3 +250,16 @@ pub async fn partial_put(base: &str, body: &[u8], sent: usize) -> tokio::net::Tc
     sock.write_all(&body[..sent]).await.expect("part of the body");
     sock
 }
+
+/// Make the local store refuse writes: its staging directory becomes a file.
+pub fn break_store(store: &Path) {
+    let tmp = store.join(".tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+}
+
+pub fn mend_store(store: &Path) {
+    let tmp = store.join(".tmp");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+}
