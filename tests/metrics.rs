@@ -38,8 +38,12 @@ async fn counters_move_after_a_hit_and_a_miss() {
     let cold_key = app.seed_store(&cold);
 
     let before = scrape(&app).await;
-    assert_eq!(app.get(&hot_key).await.headers()["x-cache"], "hit");
-    assert_eq!(app.get(&cold_key).await.headers()["x-cache"], "miss");
+    for (key, want, len) in [(hot_key, "hit", hot.len()), (cold_key, "miss", cold.len())] {
+        let resp = app.get(&key).await;
+        assert_eq!(resp.headers()["x-cache"], want);
+        // Read the whole body: the store's bytes are counted as the fill streams them.
+        assert_eq!(resp.bytes().await.unwrap().len(), len);
+    }
     let after = scrape(&app).await;
 
     let delta = |series: &str| value(&after, series) - value(&before, series);
