@@ -32,11 +32,13 @@ impl App {
             .with_context(|| format!("--store {}", config.store))?;
         let store = Arc::new(MeteredStore::new(raw_store));
         let store_stats = store.stats().clone();
+        let metrics = crate::metrics::Metrics::new();
         let cache = BlobCache::open(&CacheConfig {
             dir: config.data_dir.join("cache"),
             memory_bytes: config.memory_cache.as_u64(),
             disk_bytes: config.disk_cache.as_u64(),
             chunk_size: config.chunk_size.as_u64(),
+            metrics: Some(metrics.registry().clone()),
         })
         .await
         .context("opening the cache")?;
@@ -71,7 +73,7 @@ impl App {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(2),
             )),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
         };
         Ok(App {
             config,

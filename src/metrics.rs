@@ -180,6 +180,11 @@ impl Metrics {
         })
     }
 
+    /// The registry, for components that register their own metrics (foyer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition of every metric, brought up to date first.
     pub fn render(&self, state: &AppState) -> String {
         for (counter, field) in &self.mirrors {

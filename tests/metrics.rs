@@ -73,6 +73,14 @@ async fn counters_move_after_a_hit_and_a_miss() {
     );
     assert_eq!(value(&after, "blobcache_pending_blobs"), 0.0);
     assert_eq!(value(&after, "blobcache_upload_attempts_total"), 1.0);
+    // foyer's own metrics are exported through the same registry.
+    for series in [
+        "foyer_memory_usage",
+        "foyer_storage_disk_io_total",
+        "foyer_hybrid_op_total",
+    ] {
+        assert!(after.lines().any(|l| l.starts_with(series)), "{series} missing");
+    }
     // No blob key ever appears as a label value.
     assert!(!after.contains(&hot_key.to_string()) && !after.contains(&cold_key.to_string()));
 }

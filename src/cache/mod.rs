@@ -43,6 +43,8 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     pub disk_bytes: u64,
     pub chunk_size: u64,
+    /// Where foyer registers its own metrics, if anywhere.
+    pub metrics: Option<prometheus::Registry>,
 }
 
 /// Errors opening or reading the cache.
@@ -182,8 +184,13 @@ impl BlobCache {
             .max(4 * chunk as usize);
         // Memory shards each hold capacity/shards: keep room for several chunks per shard.
         let shards = (memory_tier as u64 / (chunk * 8)).clamp(1, 8) as usize;
-        let hybrid = HybridCacheBuilder::new()
-            .with_name("blobcache")
+        let mut builder = HybridCacheBuilder::new().with_name("blobcache");
+        if let Some(registry) = &config.metrics {
+            builder = builder.with_metrics_registry(Box::new(
+                mixtrics::registry::prometheus::PrometheusMetricsRegistry::new(registry.clone()),
+            ));
+        }
+        let hybrid = builder
             .with_policy(HybridCachePolicy::WriteOnEviction)
             .memory(memory_tier)
             .with_shards(shards)
