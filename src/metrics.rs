@@ -74,7 +74,13 @@ impl Metrics {
         registry.register(Box::new(requests.clone())).expect("unique metric");
         registry.register(Box::new(latency.clone())).expect("unique metric");
 
-        let mirrored: [(&str, &str, Field); 17] = [
+        let mirrored: [(&str, &str, Field); 19] = [
+            ("blobcache_bytes_in_total", "upload body bytes received", |s| {
+                &s.blobs.stats().bytes_in
+            }),
+            ("blobcache_bytes_out_total", "blob body bytes sent", |s| {
+                &s.blobs.stats().bytes_out
+            }),
             ("blobcache_cache_hits_total", "GETs/HEADs served from the cache", |s| {
                 &s.blobs.stats().hits
             }),

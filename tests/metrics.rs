@@ -73,6 +73,21 @@ async fn counters_move_after_a_hit_and_a_miss() {
     );
     assert_eq!(value(&after, "blobcache_pending_blobs"), 0.0);
     assert_eq!(value(&after, "blobcache_upload_attempts_total"), 1.0);
+    assert_eq!(delta("blobcache_bytes_out_total"), (hot.len() + cold.len()) as f64);
+    assert_eq!(value(&after, "blobcache_bytes_in_total"), hot.len() as f64);
+    // Unknown routes are counted, under a bounded label.
+    assert_eq!(
+        app.client.get(app.url("/no/such/route")).send().await.unwrap().status(),
+        404
+    );
+    let last = scrape(&app).await;
+    assert_eq!(
+        value(
+            &last,
+            r#"blobcache_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        1.0
+    );
     // foyer's own metrics are exported through the same registry.
     for series in [
         "foyer_memory_usage",

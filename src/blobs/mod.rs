@@ -104,6 +104,10 @@ pub struct ServiceStats {
     pub puts_created: AtomicU64,
     pub puts_existing: AtomicU64,
     pub puts_rejected: AtomicU64,
+    /// Upload body bytes received.
+    pub bytes_in: AtomicU64,
+    /// Blob body bytes sent to clients.
+    pub bytes_out: AtomicU64,
 }
 
 /// The read-through / write-back service. Shared as `Arc<BlobService>`.
@@ -203,6 +207,18 @@ impl BlobService {
     /// back here; one after it ends the stream with an error, so the response
     /// is cut short, never finished as if it were good.
     pub async fn read(self: &Arc<Self>, opened: Opened, range: Range<u64>) -> Result<BodyStream, BlobError> {
+        let svc = self.clone();
+        let stream = self.read_uncounted(opened, range).await?;
+        Ok(stream
+            .inspect(move |part| {
+                if let Ok(bytes) = part {
+                    svc.stats.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+            })
+            .boxed())
+    }
+
+    async fn read_uncounted(self: &Arc<Self>, opened: Opened, range: Range<u64>) -> Result<BodyStream, BlobError> {
         let Opened {
             key,
             size,

@@ -130,6 +130,7 @@ impl BlobService {
             frames += 1;
             let bytes = frame.map_err(|e| BlobError::UploadAborted(e.into()))?;
             received += bytes.len() as u64;
+            self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             if received > limit {
                 return Err(BlobError::TooLarge { limit });
             }

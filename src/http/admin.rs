@@ -86,6 +86,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
             "puts_created": g(&s.puts_created),
             "puts_existing": g(&s.puts_existing),
             "puts_rejected": g(&s.puts_rejected),
+            "bytes_in": g(&s.bytes_in),
+            "bytes_out": g(&s.bytes_out),
         },
         "cache": state.blobs.cache().usage(),
         "store": state.store_stats.snapshot(),

@@ -100,12 +100,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(admin::metrics))
         // Blob bodies are streamed and limited by --max-blob-size in the service.
         .layer(DefaultBodyLimit::disable())
+        .fallback(|| async { ApiError::route_not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware)
+        // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
         ))
-        .fallback(|| async { ApiError::route_not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(middleware)
         .with_state(state)
 }
