@@ -99,3 +99,32 @@ async fn counters_move_after_a_hit_and_a_miss() {
     // No blob key ever appears as a label value.
     assert!(!after.contains(&hot_key.to_string()) && !after.contains(&cold_key.to_string()));
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_only_uses_metrics_that_exist() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.put(&data(100, 3)).await.status(), 201);
+    let text = scrape(&app).await;
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/blobcache.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let mut names: Vec<&str> = dashboard
+        .match_indices("blobcache_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}
