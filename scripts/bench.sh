@@ -2,7 +2,7 @@
 # Benchmarks of one blobcache node on loopback (release build, local-directory store):
 #   1. PUT of a 1 GiB blob, next to `md5sum` of the same file
 #   2. single-stream GET hit of a 256 MiB blob
-#   3. 4 KiB GET hits with `wrk -t2 -c64 -d10s`
+#   3. 4 KiB GET hits with `wrk -t2 -c64 -d10s`, and /metrics and /readyz latency under that load
 #   4. peak RSS of a fresh server while a 2 GiB blob streams up and down
 # Each timed figure is the median of RUNS runs (default 3). Needs curl, wrk, md5sum, python3.
 # Usage: scripts/bench.sh            (BENCH_DIR=... to place the data, RUNS=N)
@@ -99,6 +99,17 @@ K4=$(md5sum "$WORK/4k" | cut -c1-32)
 cached "$K4"
 rps=$(for _ in $(seq "$RUNS"); do wrk -t2 -c64 -d10s "$URL/blobs/$K4" | awk '/Requests\/sec/ {print $2}'; done | median)
 echo "4 KiB GET hits:   $rps req/s (wrk -t2 -c64 -d10s; target >= 40000)"
+
+# 3b. Admin endpoints while the same load runs: 20 samples of each.
+wrk -t2 -c64 -d8s "$URL/blobs/$K4" >/dev/null &
+WRK=$!
+sleep 1
+for ep in metrics readyz; do
+  curl -sf -o /dev/null -w '%{time_total}\n' "$URL/$ep" >/dev/null
+  times=$(for _ in $(seq 20); do curl -sf -o /dev/null -w '%{time_total}\n' "$URL/$ep"; sleep 0.2; done)
+  echo "/$ep under load: median $(echo "$times" | median | awk '{printf "%.1f", $1*1000}') ms, max $(echo "$times" | sort -g | tail -1 | awk '{printf "%.1f", $1*1000}') ms (target < 10 ms)"
+done
+wait $WRK
 stop
 
 # 4. Peak RSS of a fresh server while 2 GiB streams in and out.

@@ -30,9 +30,9 @@ impl App {
         let raw_store = store::open(&config.store)
             .await
             .with_context(|| format!("--store {}", config.store))?;
-        let store = Arc::new(MeteredStore::new(raw_store));
-        let store_stats = store.stats().clone();
         let metrics = crate::metrics::Metrics::new();
+        let store = Arc::new(MeteredStore::new(raw_store, Some(metrics.store_latency())));
+        let store_stats = store.stats().clone();
         let cache = BlobCache::open(&CacheConfig {
             dir: config.data_dir.join("cache"),
             memory_bytes: config.memory_cache.as_u64(),

@@ -186,6 +186,23 @@ impl Metrics {
         })
     }
 
+    /// A histogram of store operation latency by operation, registered here.
+    pub fn store_latency(&self) -> HistogramVec {
+        let h = HistogramVec::new(
+            HistogramOpts::new(
+                "blobcache_store_op_duration_seconds",
+                "Store operation latency, to its answer",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        self.registry.register(Box::new(h.clone())).expect("unique metric");
+        h
+    }
+
     /// The registry, for components that register their own metrics (foyer).
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -55,6 +55,12 @@ async fn stats_has_the_documented_shape() {
     assert_eq!(s["metrics"]["invalidations"], 0);
     assert!(s["cache"]["memory_used_bytes"].as_u64().unwrap() >= 1000);
     assert!(s["cache"]["disk_capacity_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        s["cache"]["memory_entries"].as_u64().unwrap() >= 2,
+        "a chunk and its metadata"
+    );
+    assert_eq!(s["metrics"]["bytes_in"], 1000);
+    assert_eq!(s["metrics"]["bytes_out"], 1000);
     assert_eq!(s["replication"]["pending_blobs"], 0);
     assert_eq!(s["replication"]["uploaded"], 1);
     assert!(s["uptime_seconds"].as_f64().unwrap() >= 0.0);

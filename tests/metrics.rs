@@ -88,6 +88,7 @@ async fn counters_move_after_a_hit_and_a_miss() {
         ),
         1.0
     );
+    assert!(value(&after, r#"blobcache_store_op_duration_seconds_count{op="get"}"#) >= 1.0);
     // foyer's own metrics are exported through the same registry.
     for series in [
         "foyer_memory_usage",

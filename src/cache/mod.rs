@@ -288,6 +288,7 @@ impl BlobCache {
     pub fn usage(&self) -> CacheUsage {
         CacheUsage {
             memory_used_bytes: self.hybrid.memory().usage() as u64,
+            memory_entries: self.hybrid.memory().entries() as u64,
             memory_capacity_bytes: self.memory_bytes,
             disk_capacity_bytes: self.disk_bytes,
         }
@@ -303,6 +304,8 @@ impl BlobCache {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct CacheUsage {
     pub memory_used_bytes: u64,
+    /// Chunks and metadata entries in the memory tier.
+    pub memory_entries: u64,
     pub memory_capacity_bytes: u64,
     pub disk_capacity_bytes: u64,
 }

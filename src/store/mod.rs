@@ -140,18 +140,27 @@ impl StoreStats {
     }
 }
 
-/// Wraps a store and counts every operation and byte at the store boundary.
+/// Wraps a store and counts every operation and byte at the store boundary,
+/// and times each operation (to its answer; a GET's body streams after).
 #[derive(Debug)]
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
     stats: Arc<StoreStats>,
+    latency: Option<prometheus::HistogramVec>,
 }
 
 impl MeteredStore {
-    pub fn new(inner: Arc<dyn Store>) -> Self {
+    pub fn new(inner: Arc<dyn Store>, latency: Option<prometheus::HistogramVec>) -> Self {
         MeteredStore {
             inner,
             stats: Arc::default(),
+            latency,
+        }
+    }
+
+    fn observe(&self, op: &str, started: std::time::Instant) {
+        if let Some(h) = &self.latency {
+            h.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -173,12 +182,18 @@ impl MeteredStore {
 impl Store for MeteredStore {
     async fn head(&self, key: &BlobKey) -> Result<u64, StoreError> {
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
-        self.count(self.inner.head(key).await)
+        let started = std::time::Instant::now();
+        let r = self.inner.head(key).await;
+        self.observe("head", started);
+        self.count(r)
     }
 
     async fn get(&self, key: &BlobKey, range: Range<u64>) -> Result<ByteStream, StoreError> {
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let stream = self.count(self.inner.get(key, range).await)?;
+        let started = std::time::Instant::now();
+        let r = self.inner.get(key, range).await;
+        self.observe("get", started);
+        let stream = self.count(r)?;
         let stats = self.stats.clone();
         Ok(stream
             .inspect(move |item| match item {
@@ -194,14 +209,20 @@ impl Store for MeteredStore {
 
     async fn put_file(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
-        self.count(self.inner.put_file(key, path, size).await)?;
+        let started = std::time::Instant::now();
+        let r = self.inner.put_file(key, path, size).await;
+        self.observe("put", started);
+        self.count(r)?;
         self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
         Ok(())
     }
 
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
-        self.count(self.inner.delete(key).await)
+        let started = std::time::Instant::now();
+        let r = self.inner.delete(key).await;
+        self.observe("delete", started);
+        self.count(r)
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
