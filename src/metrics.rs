@@ -203,6 +203,25 @@ impl Metrics {
         h
     }
 
+    /// Bytes the disk tier holds: its blocks that are not clean, times the block
+    /// size (from foyer's own gauges; `None` before foyer reported them).
+    pub fn disk_used_bytes(&self) -> Option<u64> {
+        let families = self.registry.gather();
+        let find = |name: &str| families.iter().find(|f| f.name() == name);
+        let block_size = find("foyer_storage_block_engine_block_size_bytes")?
+            .get_metric()
+            .first()?
+            .get_gauge()
+            .get_value();
+        let used: f64 = find("foyer_storage_block_engine_block")?
+            .get_metric()
+            .iter()
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "type" && l.value() != "clean"))
+            .map(|m| m.get_gauge().get_value())
+            .sum();
+        Some((used * block_size) as u64)
+    }
+
     /// The registry, for components that register their own metrics (foyer).
     pub fn registry(&self) -> &Registry {
         &self.registry

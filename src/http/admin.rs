@@ -90,6 +90,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
             "bytes_out": g(&s.bytes_out),
         },
         "cache": state.blobs.cache().usage(),
+        "disk_cache_used_bytes": state.metrics.disk_used_bytes(),
         "store": state.store_stats.snapshot(),
         "replication": state.blobs.replicator().snapshot(),
     }))
