@@ -68,6 +68,20 @@ pub(super) struct FillState {
     outcome: Option<Result<(), Arc<BlobError>>>,
 }
 
+/// Removes a fill from the map of fills under way when dropped.
+struct FillEntry {
+    svc: Arc<BlobService>,
+    key: BlobKey,
+}
+
+impl Drop for FillEntry {
+    fn drop(&mut self) {
+        if let Ok(mut fills) = self.svc.fills.lock() {
+            fills.remove(&self.key);
+        }
+    }
+}
+
 impl BlobService {
     /// A full read of a blob that is only in the store: join (or start) its fill.
     pub(super) async fn read_through_full(self: &Arc<Self>, key: BlobKey, size: u64) -> Result<BodyStream, BlobError> {
@@ -125,6 +139,9 @@ impl BlobService {
     }
 
     async fn run_fill(self: Arc<Self>, key: BlobKey, size: u64, tx: Arc<watch::Sender<FillState>>) {
+        // However this task ends (a panic included), the blob leaves the map, so
+        // the sender is dropped and no reader waits on a fill that is gone.
+        let registered = FillEntry { svc: self.clone(), key };
         let token = self.completions.begin(key);
         let n = chunks::count(size, self.chunk_size());
         let svc = self.clone();
@@ -164,7 +181,7 @@ impl BlobService {
             tracing::warn!(%key, error = %crate::error_chain(e), "read-through of a blob failed");
         }
         self.completions.finish(&self.cache, key, &token, verified);
-        self.fills.lock().expect("fills lock").remove(&key);
+        drop(registered);
         tx.send_modify(|s| s.outcome = Some(result.map_err(Arc::new)));
     }
 
