@@ -22,13 +22,7 @@ async fn wrong_checksum_is_rejected_and_nothing_is_stored() {
     let app = TestApp::spawn().await;
     let body = data(3 << 20, 1);
     let claimed = BlobKey::of(b"something else");
-    let resp = app
-        .client
-        .put(app.blob_url(&claimed))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.put_as(&claimed, &body).await;
     assert_error(resp, 400, "digest_mismatch").await;
     assert_nothing_stored(&app, &claimed).await;
     assert_error(app.get(&BlobKey::of(&body)).await, 404, "not_found").await;
@@ -41,48 +35,29 @@ async fn content_md5_is_checked() {
     let key = BlobKey::of(&body);
     let b64 = |k: &BlobKey| base64::engine::general_purpose::STANDARD.encode(k.as_bytes());
 
+    let path = format!("/blobs/{key}");
+    let send = |method: reqwest::Method, path: &str, content_md5: String| {
+        app.client
+            .request(method, app.url(path))
+            .header("content-md5", content_md5)
+            .body(body.clone())
+            .send()
+    };
+
     // A Content-MD5 that disagrees with the key.
     let other = BlobKey::of(b"other");
-    let resp = app
-        .client
-        .put(app.blob_url(&key))
-        .header("content-md5", b64(&other))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = send(reqwest::Method::PUT, &path, b64(&other)).await.unwrap();
     assert_error(resp, 400, "digest_mismatch").await;
     // A Content-MD5 that is not a digest at all.
-    let resp = app
-        .client
-        .put(app.blob_url(&key))
-        .header("content-md5", "not base64!")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = send(reqwest::Method::PUT, &path, "not base64!".into()).await.unwrap();
     assert_error(resp, 400, "invalid_content_md5").await;
     // POST /blobs with a wrong Content-MD5: the body is checked against it.
-    let resp = app
-        .client
-        .post(app.url("/blobs"))
-        .header("content-md5", b64(&other))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = send(reqwest::Method::POST, "/blobs", b64(&other)).await.unwrap();
     assert_error(resp, 400, "digest_mismatch").await;
     assert_nothing_stored(&app, &key).await;
 
     // The right one is accepted.
-    let resp = app
-        .client
-        .put(app.blob_url(&key))
-        .header("content-md5", b64(&key))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = send(reqwest::Method::PUT, &path, b64(&key)).await.unwrap();
     assert_eq!(resp.status(), 201);
 }
 
@@ -133,13 +108,7 @@ async fn oversized_uploads_are_refused_declared_or_streamed() {
     let key = BlobKey::of(&body);
 
     // Declared by Content-Length: refused before the body is read.
-    let resp = app
-        .client
-        .put(app.blob_url(&key))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.put_as(&key, &body).await;
     assert_error(resp, 413, "too_large").await;
 
     // Streamed without a length (chunked): refused once the limit is passed.

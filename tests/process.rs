@@ -102,8 +102,7 @@ async fn sigterm_stops_cleanly_and_the_cache_survives() {
     let url = format!("{}/blobs/{key}", server.base);
     assert_eq!(client.put(&url).body(body.clone()).send().await.unwrap().status(), 201);
     common::eventually_async("the blob to be cached", || async {
-        let r = client.get(format!("{}/stats", server.base)).send().await.unwrap();
-        let stats: serde_json::Value = r.json().await.unwrap();
+        let stats = stats(&client, &server.base).await;
         let head = client.head(&url).send().await.unwrap();
         stats["replication"]["pending_blobs"] == 0 && head.headers()["x-cache"] == "hit"
     })
@@ -130,14 +129,7 @@ async fn sigterm_stops_cleanly_and_the_cache_survives() {
     );
     assert_eq!(resp.headers()["x-cache"], "hit", "the disk tier came back");
     assert!(resp.bytes().await.unwrap().as_ref() == body.as_slice());
-    let stats: serde_json::Value = client
-        .get(format!("{}/stats", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stats(&client, &server.base).await;
     assert_eq!(stats["store"]["gets"], 0, "served without reading the store");
     // One JSON line per request, with the documented fields.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -159,16 +151,21 @@ async fn sigterm_stops_cleanly_and_the_cache_survives() {
     assert!(status.success());
 }
 
-async fn pending_blobs(client: &reqwest::Client, base: &str) -> u64 {
-    let stats: serde_json::Value = client
+async fn stats(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    client
         .get(format!("{base}/stats"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    stats["replication"]["pending_blobs"].as_u64().unwrap()
+        .unwrap()
+}
+
+async fn pending_blobs(client: &reqwest::Client, base: &str) -> u64 {
+    stats(client, base).await["replication"]["pending_blobs"]
+        .as_u64()
+        .unwrap()
 }
 
 fn store_path(dir: &std::path::Path, key: &BlobKey) -> std::path::PathBuf {

@@ -141,45 +141,21 @@ async fn conditional_requests() {
         "*".to_string(),
         format!("\"other\", {etag}"),
     ] {
-        let resp = app
-            .client
-            .get(app.blob_url(&key))
-            .header("if-none-match", &inm)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get_with(&key, &[("if-none-match", &inm)]).await;
         assert_eq!(resp.status(), 304, "If-None-Match: {inm}");
         assert_eq!(resp.headers()["etag"], etag.as_str());
         assert!(resp.bytes().await.unwrap().is_empty());
     }
-    let resp = app
-        .client
-        .get(app.blob_url(&key))
-        .header("if-none-match", "\"other\"")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_with(&key, &[("if-none-match", "\"other\"")]).await;
     assert_eq!(resp.status(), 200);
 
     // If-Range with our ETag: the range holds; with another validator: the whole blob.
-    let resp = app
-        .client
-        .get(app.blob_url(&key))
-        .header("range", "bytes=0-9")
-        .header("if-range", &etag)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_with(&key, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[..10]);
     let resp = app
-        .client
-        .get(app.blob_url(&key))
-        .header("range", "bytes=0-9")
-        .header("if-range", "\"something-else\"")
-        .send()
-        .await
-        .unwrap();
+        .get_with(&key, &[("range", "bytes=0-9"), ("if-range", "\"something-else\"")])
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().len(), 5000);
 }

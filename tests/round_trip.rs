@@ -92,13 +92,7 @@ async fn existing_blob_put_is_200_and_post_computes_the_key() {
     let body = data(1000, 7);
     let key = BlobKey::of(&body);
 
-    let resp = app
-        .client
-        .post(app.url("/blobs"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post_to("/blobs", &body).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["location"], format!("/blobs/{key}"));
     let json: serde_json::Value = resp.json().await.unwrap();
@@ -106,21 +100,9 @@ async fn existing_blob_put_is_200_and_post_computes_the_key() {
 
     // Same key again, by PUT and by POST /blobs/{md5}: 200, nothing rewritten.
     assert_eq!(app.put(&body).await.status(), 200);
-    let resp = app
-        .client
-        .post(app.blob_url(&key))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post_to(&format!("/blobs/{key}"), &body).await;
     assert_eq!(resp.status(), 200);
-    let resp = app
-        .client
-        .post(app.url("/blobs"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post_to("/blobs", &body).await;
     assert_eq!(resp.status(), 200);
     let stats = app.state.blobs.stats();
     assert_eq!(stats.puts_created.load(std::sync::atomic::Ordering::Relaxed), 1);

@@ -152,10 +152,6 @@ impl BlobService {
         &self.replicator
     }
 
-    pub fn config(&self) -> &ServiceConfig {
-        &self.config
-    }
-
     fn chunk_size(&self) -> u64 {
         self.cache.chunk_size()
     }
@@ -272,7 +268,7 @@ impl BlobService {
             .open_pending(&key)
             .map_err(BlobError::io("open a pending blob"))?
         {
-            return tokio::task::spawn_blocking(move || read_file_range(file, range))
+            return tokio::task::spawn_blocking(move || read_at(&file, range))
                 .await
                 .expect("spool read task")
                 .map_err(BlobError::io("read a pending blob"));
@@ -364,10 +360,6 @@ fn read_at(file: &std::fs::File, range: Range<u64>) -> std::io::Result<Bytes> {
     let mut buf = vec![0u8; (range.end - range.start) as usize];
     file.read_exact_at(&mut buf, range.start)?;
     Ok(Bytes::from(buf))
-}
-
-fn read_file_range(file: std::fs::File, range: Range<u64>) -> std::io::Result<Bytes> {
-    read_at(&file, range)
 }
 
 /// Stream a byte range of a local file.

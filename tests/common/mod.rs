@@ -105,12 +105,36 @@ impl TestApp {
     }
 
     pub async fn get_range(&self, key: &BlobKey, range: &str) -> reqwest::Response {
+        self.get_with(key, &[("range", range)]).await
+    }
+
+    /// GET with extra request headers.
+    pub async fn get_with(&self, key: &BlobKey, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.client.get(self.blob_url(key));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("GET")
+    }
+
+    /// PUT `body` under `key`, whatever its real MD5.
+    pub async fn put_as(&self, key: &BlobKey, body: &[u8]) -> reqwest::Response {
         self.client
-            .get(self.blob_url(key))
-            .header("range", range)
+            .put(self.blob_url(key))
+            .body(body.to_vec())
             .send()
             .await
-            .expect("GET")
+            .expect("PUT")
+    }
+
+    /// POST `body` to `path` (`/blobs` or `/blobs/{md5}`).
+    pub async fn post_to(&self, path: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("POST")
     }
 
     pub fn store_dir(&self) -> PathBuf {
