@@ -27,14 +27,16 @@ impl App {
     /// Open the store, the cache and the spool, so a bad configuration fails
     /// here rather than at the first request; queue what the spool still holds.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let raw_store = store::open(&config.store)
+        let raw_store = store::open(&config.store, &config.store_options)
             .await
             .with_context(|| format!("--store {}", config.store))?;
         let metrics = crate::metrics::Metrics::new();
         let store = Arc::new(MeteredStore::new(raw_store, Some(metrics.store_latency())));
         let store_stats = store.stats().clone();
+        let cache_dir = config.data_dir.join("cache");
+        let had_cache = std::fs::read_dir(&cache_dir).is_ok_and(|mut d| d.next().is_some());
         let cache = BlobCache::open(&CacheConfig {
-            dir: config.data_dir.join("cache"),
+            dir: cache_dir,
             memory_bytes: config.memory_cache.as_u64(),
             disk_bytes: config.disk_cache.as_u64(),
             chunk_size: config.chunk_size.as_u64(),
@@ -51,6 +53,7 @@ impl App {
             let bytes: u64 = pending.iter().map(|p| p.size).sum();
             tracing::info!(blobs = pending.len(), bytes, "replaying blobs still pending upload");
         }
+        check_store_at_start(&*store, &config.store, had_cache || !pending.is_empty()).await?;
         for p in pending {
             replicator.enqueue(p.key, p.size, p.modified);
         }
@@ -141,6 +144,35 @@ impl App {
         cache.close().await.context("closing the cache")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// One request to the store before serving. A store that refuses us, or a
+/// bucket that does not exist, is a configuration error: stop with one line
+/// that names it. A store that cannot be reached stops a node that has nothing
+/// to serve (on a first start that is most often a wrong endpoint); a node with
+/// a cache or pending uploads from an earlier run starts anyway, serves what it
+/// has and reports not ready on /readyz until the store answers.
+async fn check_store_at_start(store: &dyn store::Store, url: &str, has_data: bool) -> anyhow::Result<()> {
+    let Err(e) = store.probe().await else {
+        return Ok(());
+    };
+    let reason = crate::error_chain(&e);
+    if e.is_retryable() && has_data {
+        tracing::warn!(
+            store = url, error = %reason,
+            "the store cannot be reached; serving this node's cache and spool until it can (not ready meanwhile)"
+        );
+        return Ok(());
+    }
+    match e.kind() {
+        store::StoreErrorKind::Unavailable => {
+            anyhow::bail!("the store {url} cannot be reached, and this node has nothing cached to serve: {reason}")
+        }
+        store::StoreErrorKind::Denied => {
+            anyhow::bail!("the store {url} refused access (check the credentials): {reason}")
+        }
+        _ => anyhow::bail!("the store {url} is not usable: {reason}"),
     }
 }
 

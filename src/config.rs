@@ -81,6 +81,31 @@ pub struct Settings {
     /// Size of a cache chunk; changing it invalidates the disk cache [default: 4MiB − 8KiB]
     #[arg(long, env = "BLOBCACHE_CHUNK_SIZE", hide = true)]
     pub chunk_size: Option<ByteSize>,
+    /// S3 endpoint URL, for S3-compatible servers [default: AWS_ENDPOINT_URL, else AWS S3]
+    #[arg(long, env = "BLOBCACHE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: the AWS chain (AWS_REGION, profile), else us-east-1]
+    #[arg(long, env = "BLOBCACHE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Address buckets as https://endpoint/bucket (MinIO, most S3-compatible servers)
+    #[arg(long, env = "BLOBCACHE_S3_FORCE_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_force_path_style: Option<bool>,
+    /// Blobs above this size go to S3 as multipart uploads [default: 64MiB]
+    #[arg(long, env = "BLOBCACHE_S3_MULTIPART_THRESHOLD")]
+    pub s3_multipart_threshold: Option<ByteSize>,
+    /// Size of one part of a multipart upload, 5MiB to 5GiB [default: 16MiB]
+    #[arg(long, env = "BLOBCACHE_S3_PART_SIZE")]
+    pub s3_part_size: Option<ByteSize>,
+    /// S3 access key id; with the secret, used instead of the AWS credential chain
+    #[arg(long, env = "BLOBCACHE_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (never printed)
+    #[arg(long, env = "BLOBCACHE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Longest wait for an S3 answer, or for more of a body [default: 10s]
+    #[arg(long, env = "BLOBCACHE_S3_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub s3_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -112,6 +137,75 @@ pub struct Config {
     pub log_format: LogFormat,
     #[serde(serialize_with = "exact_size")]
     pub chunk_size: ByteSize,
+    #[serde(flatten)]
+    pub store_options: StoreOptions,
+}
+
+/// How to reach the store; only S3 uses them.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StoreOptions {
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked_url")]
+    pub s3_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    pub s3_force_path_style: bool,
+    #[serde(serialize_with = "exact_size")]
+    pub s3_multipart_threshold: ByteSize,
+    #[serde(serialize_with = "exact_size")]
+    pub s3_part_size: ByteSize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secret")]
+    pub s3_secret_access_key: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub s3_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            s3_endpoint: None,
+            s3_region: None,
+            s3_force_path_style: false,
+            s3_multipart_threshold: ByteSize::mib(64),
+            s3_part_size: ByteSize::mib(16),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, fit for logs and printed configuration.
+pub fn mask_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A secret is printed as `***`: check-config and the start-up log show it is set, never what it is.
+fn secret<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
+}
+
+fn masked_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&mask_userinfo(u)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Print a size exactly, in the largest binary unit that divides it, so the
@@ -141,6 +235,14 @@ impl Settings {
             shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
             log_format: self.log_format.or(other.log_format),
             chunk_size: self.chunk_size.or(other.chunk_size),
+            s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
+            s3_region: self.s3_region.or(other.s3_region),
+            s3_force_path_style: self.s3_force_path_style.or(other.s3_force_path_style),
+            s3_multipart_threshold: self.s3_multipart_threshold.or(other.s3_multipart_threshold),
+            s3_part_size: self.s3_part_size.or(other.s3_part_size),
+            s3_access_key_id: self.s3_access_key_id.or(other.s3_access_key_id),
+            s3_secret_access_key: self.s3_secret_access_key.or(other.s3_secret_access_key),
+            s3_timeout: self.s3_timeout.or(other.s3_timeout),
         }
     }
 }
@@ -180,6 +282,19 @@ impl Config {
             shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
             chunk_size: s.chunk_size.unwrap_or(ByteSize::b(DEFAULT_CHUNK_SIZE)),
+            store_options: {
+                let d = StoreOptions::default();
+                StoreOptions {
+                    s3_endpoint: s.s3_endpoint.filter(|e| !e.is_empty()),
+                    s3_region: s.s3_region.filter(|r| !r.is_empty()),
+                    s3_force_path_style: s.s3_force_path_style.unwrap_or(d.s3_force_path_style),
+                    s3_multipart_threshold: s.s3_multipart_threshold.unwrap_or(d.s3_multipart_threshold),
+                    s3_part_size: s.s3_part_size.unwrap_or(d.s3_part_size),
+                    s3_access_key_id: s.s3_access_key_id.filter(|k| !k.is_empty()),
+                    s3_secret_access_key: s.s3_secret_access_key.filter(|k| !k.is_empty()),
+                    s3_timeout: s.s3_timeout.unwrap_or(d.s3_timeout),
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -214,6 +329,33 @@ impl Config {
             (1..=256).contains(&self.upload_concurrency),
             "--upload-concurrency must lie between 1 and 256, got {}",
             self.upload_concurrency
+        );
+        let s3 = &self.store_options;
+        let (part, threshold) = (s3.s3_part_size.as_u64(), s3.s3_multipart_threshold.as_u64());
+        anyhow::ensure!(
+            (5 << 20..=5 << 30).contains(&part),
+            "--s3-part-size must lie between 5MiB and 5GiB (S3's limits), got {}",
+            s3.s3_part_size
+        );
+        anyhow::ensure!(
+            (5 << 20..=5 << 30).contains(&threshold),
+            "--s3-multipart-threshold must lie between 5MiB and 5GiB (S3's limits), got {}",
+            s3.s3_multipart_threshold
+        );
+        anyhow::ensure!(
+            self.max_blob_size.as_u64().div_ceil(part) <= 10_000,
+            "--s3-part-size {} would cut a blob of --max-blob-size {} into more than 10000 parts (S3's limit)",
+            s3.s3_part_size,
+            self.max_blob_size
+        );
+        anyhow::ensure!(
+            s3.s3_access_key_id.is_some() == s3.s3_secret_access_key.is_some(),
+            "--s3-access-key-id and --s3-secret-access-key go together: give both, or neither to use the AWS credential chain"
+        );
+        anyhow::ensure!(
+            s3.s3_timeout >= Duration::from_millis(100),
+            "--s3-timeout must be at least 100ms, got {:?}",
+            s3.s3_timeout
         );
         Ok(())
     }

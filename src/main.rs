@@ -4,14 +4,22 @@ use tracing_subscriber::EnvFilter;
 
 use blobcache::config::{Cli, Command, Config, LogFormat};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tame_malloc();
     let cli = Cli::parse();
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(run(cli))
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that names the problem, with its causes after colons.
+            eprintln!("blobcache: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, BoxStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -78,6 +79,8 @@ pub struct BlobStatus {
     pub size: Option<u64>,
 }
 
+type SharedHead = Shared<BoxFuture<'static, Result<u64, Arc<StoreError>>>>;
+
 /// A stream of body bytes.
 pub type BodyStream = BoxStream<'static, Result<Bytes, BlobError>>;
 
@@ -118,6 +121,8 @@ pub struct BlobService {
     replicator: Arc<Replicator>,
     config: ServiceConfig,
     fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
+    /// Store lookups under way, shared by concurrent requests for one key.
+    heads: Mutex<HashMap<BlobKey, SharedHead>>,
     completions: Completions,
     warmers: Semaphore,
     /// Spool bytes promised to uploads under way (see `write::Reservation`).
@@ -133,6 +138,7 @@ impl BlobService {
             replicator,
             config,
             fills: Mutex::default(),
+            heads: Mutex::default(),
             completions: Completions::default(),
             spool_reserved: AtomicU64::new(0),
             warmers: Semaphore::new(2),
@@ -181,7 +187,7 @@ impl BlobService {
                 spool_file: Some(file),
             });
         }
-        match self.store.head(key).await {
+        match self.head_shared(key).await {
             Ok(size) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 Ok(Opened {
@@ -204,7 +210,15 @@ impl BlobService {
     /// is cut short, never finished as if it were good.
     pub async fn read(self: &Arc<Self>, opened: Opened, range: Range<u64>) -> Result<BodyStream, BlobError> {
         let svc = self.clone();
-        let stream = self.read_uncounted(opened, range).await?;
+        let mut stream = self.read_uncounted(opened, range).await?;
+        // Wait for the first bytes before answering: a store that fails at once
+        // (or a one-chunk blob that fails its check) gets an error status, not a
+        // 200 that breaks off.
+        let stream = match stream.next().await {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(first)) => stream::once(async move { Ok(first) }).chain(stream).boxed(),
+            None => stream,
+        };
         Ok(stream
             .inspect(move |part| {
                 if let Ok(bytes) = part {
@@ -286,6 +300,29 @@ impl BlobService {
             return Err(BlobError::ShortRead { key });
         }
         Ok(buf.freeze())
+    }
+
+    /// The store's size of a blob; concurrent lookups of one key share one request.
+    async fn head_shared(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let lookup = {
+            let mut heads = self.heads.lock().expect("heads lock");
+            heads
+                .entry(*key)
+                .or_insert_with(|| {
+                    let store = self.store.clone();
+                    let key = *key;
+                    async move { store.head(&key).await.map_err(Arc::new) }.boxed().shared()
+                })
+                .clone()
+        };
+        let result = lookup.clone().await;
+        {
+            let mut heads = self.heads.lock().expect("heads lock");
+            if heads.get(key).is_some_and(|l| l.ptr_eq(&lookup)) {
+                heads.remove(key);
+            }
+        }
+        result.map_err(|e| e.flattened())
     }
 
     /// Whether this node can find the blob, and its size. A store that cannot

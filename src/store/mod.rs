@@ -1,6 +1,7 @@
-//! The persistent store: one trait, chosen by URL (`file://` today, `s3://` next).
+//! The persistent store: one trait, chosen by URL (`file://` or `s3://`).
 
 mod fs;
+mod s3;
 
 use std::fmt;
 use std::ops::Range;
@@ -13,7 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+pub use crate::config::StoreOptions;
 pub use fs::FsStore;
+pub use s3::S3Store;
 
 use crate::key::BlobKey;
 
@@ -72,6 +75,11 @@ impl StoreError {
         self.kind == StoreErrorKind::NotFound
     }
 
+    /// A copy for a second caller: the same kind, with the causes folded into the message.
+    pub fn flattened(&self) -> StoreError {
+        StoreError::new(self.kind, crate::error_chain(self))
+    }
+
     /// Whether trying the same operation again later could succeed.
     pub fn is_retryable(&self) -> bool {
         self.kind == StoreErrorKind::Unavailable
@@ -98,17 +106,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn probe(&self) -> Result<(), StoreError>;
 }
 
-/// Open the store a URL names: `file:///path` or a plain path.
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+/// Open the store a URL names: `s3://bucket[/prefix]`, `file:///path` or a plain path.
+/// Nothing is sent to a remote store yet: `probe` is the first request.
+pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = url.strip_prefix("file://") {
         anyhow::ensure!(!path.is_empty(), "store URL {url:?} has no path");
         return Ok(Arc::new(FsStore::open(Path::new(path)).await?));
     }
     if url.starts_with("s3://") {
-        anyhow::bail!("store {url:?}: the S3 backend is not built into this version yet");
+        return Ok(Arc::new(S3Store::open(url, options).await?));
     }
     if url.contains("://") {
-        anyhow::bail!("store {url:?}: unsupported scheme (use file:///path)");
+        anyhow::bail!("store {url:?}: unsupported scheme (use s3://bucket[/prefix] or file:///path)");
     }
     Ok(Arc::new(FsStore::open(Path::new(url)).await?))
 }
