@@ -13,8 +13,12 @@ use bytesize::ByteSize;
 use common::{CHUNK, TestApp, assert_error, data, eventually};
 use s3_server::{Fault, S3Server};
 
+fn node_settings(s3: &S3Server) -> Settings {
+    s3.settings_over(common::test_settings())
+}
+
 async fn node(s3: &S3Server) -> TestApp {
-    TestApp::spawn_with(s3.settings()).await
+    TestApp::spawn_with(node_settings(s3)).await
 }
 
 /// Build a node and return its start-up error.
@@ -130,7 +134,7 @@ async fn objects_written_by_another_tool_are_served() {
 #[tokio::test]
 async fn large_blobs_go_up_in_parts_each_checked() {
     let s3 = S3Server::start().await;
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.s3_multipart_threshold = Some(ByteSize::mib(5));
     settings.s3_part_size = Some(ByteSize::mib(5));
     let a = TestApp::spawn_with(settings).await;
@@ -170,7 +174,7 @@ async fn large_blobs_go_up_in_parts_each_checked() {
 #[tokio::test]
 async fn a_failed_multipart_upload_is_aborted_and_nothing_is_stored() {
     let s3 = S3Server::start().await;
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.s3_multipart_threshold = Some(ByteSize::mib(5));
     settings.s3_part_size = Some(ByteSize::mib(5));
     let a = TestApp::spawn_with(settings).await;
@@ -198,7 +202,7 @@ async fn a_failed_multipart_upload_is_aborted_and_nothing_is_stored() {
     );
     s3.heal();
     // s3s-fs keeps an unfinished upload as `.upload*` files at its root.
-    let left: Vec<_> = std::fs::read_dir(s3.root.path())
+    let left: Vec<_> = std::fs::read_dir(&s3.root)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -263,6 +267,59 @@ async fn a_cold_herd_costs_one_read_per_chunk() {
     assert_eq!(gets.iter().map(|g| g.bytes).sum::<u64>(), bytes.len() as u64);
     let heads = s3.requests_for("HEAD", &key).len();
     assert!(heads <= 2, "concurrent lookups share a HeadObject, got {heads}");
+}
+
+#[tokio::test]
+async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let bytes = data(3 * CHUNK, 14);
+    let key = s3.put_object(&bytes).await;
+    // Every read of the object sends its first 512 KiB, then waits.
+    s3.fail(
+        move |m, u| m == http::Method::GET && u.path() == S3Server::object_path(&key),
+        Fault::Stall(512 * 1024),
+    );
+    let (tx, mut first_bytes) = tokio::sync::mpsc::channel(8);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let client = a.client.clone();
+            let url = a.blob_url(&key);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut resp = client.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut body = Vec::new();
+                let mut told = false;
+                while let Some(part) = resp.chunk().await.unwrap() {
+                    body.extend_from_slice(&part);
+                    if !told {
+                        tx.send(body.len()).await.unwrap();
+                        told = true;
+                    }
+                }
+                body
+            })
+        })
+        .collect();
+    // No chunk can be complete, yet every client already has bytes.
+    for _ in 0..8 {
+        let got = tokio::time::timeout(Duration::from_secs(20), first_bytes.recv())
+            .await
+            .expect("every client gets its first bytes while the store is stalled")
+            .unwrap();
+        assert!(got > 0 && got <= 512 * 1024, "{got} bytes");
+    }
+    assert_eq!(
+        a.state.blobs.stats().fills.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    s3.release();
+    for c in clients {
+        assert!(c.await.unwrap() == bytes);
+    }
+    let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
+    assert_eq!(gets.len(), 3, "one read per chunk: {gets:?}");
 }
 
 #[tokio::test]
@@ -365,7 +422,7 @@ async fn s3_failures_map_to_statuses_a_user_can_act_on() {
 #[tokio::test]
 async fn a_silent_server_is_a_503_not_a_hang() {
     let s3 = S3Server::start().await;
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.s3_timeout = Some(Duration::from_millis(300));
     let a = TestApp::spawn_with(settings).await;
     let key = s3.put_object(&data(500, 12)).await;
@@ -409,17 +466,17 @@ async fn uploads_wait_out_an_s3_outage() {
 async fn start_up_names_what_is_wrong_with_the_store() {
     let s3 = S3Server::start().await;
 
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.store = Some("s3://no-such-bucket".into());
     let e = start_error(settings).await;
     assert!(e.contains("does not exist"), "{e}");
 
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.s3_secret_access_key = Some("wrong".into());
     let e = start_error(settings).await;
     assert!(e.contains("refused access"), "{e}");
 
-    let mut settings = s3.settings();
+    let mut settings = node_settings(&s3);
     settings.s3_endpoint = Some("http://127.0.0.1:9".into());
     let e = start_error(settings).await;
     assert!(e.contains("cannot be reached") && e.contains("127.0.0.1:9"), "{e}");
@@ -437,7 +494,7 @@ async fn a_node_with_a_cache_starts_while_s3_is_down_and_serves_it() {
     let dir = a.stop().await;
 
     s3.stop().await;
-    let b = TestApp::spawn_in(dir, s3.settings()).await;
+    let b = TestApp::spawn_in(dir, node_settings(&s3)).await;
     let resp = b.get(&key).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.bytes().await.unwrap() == bytes);

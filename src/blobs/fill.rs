@@ -60,12 +60,51 @@ impl Completions {
     }
 }
 
+/// The fill hands readers a chunk's bytes in batches of about this many, as
+/// they arrive from the store, so the first byte goes out long before the
+/// first whole chunk is in.
+pub(super) const PUBLISH_BYTES: usize = 128 * 1024;
+
 #[derive(Debug, Default)]
 pub(super) struct FillState {
     /// Chunks read, hashed and cached so far (in order).
     done: u32,
+    /// Bytes received so far of chunks still being read (`done` and the ones
+    /// read ahead of it), in order.
+    arriving: HashMap<u32, Vec<Bytes>>,
     /// Set once the whole blob was checked, or the fill failed.
     outcome: Option<Result<(), Arc<BlobError>>>,
+}
+
+impl FillState {
+    fn arrived(&self, chunk: u32) -> usize {
+        self.arriving
+            .get(&chunk)
+            .map_or(0, |parts| parts.iter().map(Bytes::len).sum())
+    }
+
+    /// The arrived bytes of `chunk` from `offset` on.
+    fn arrived_from(&self, chunk: u32, mut offset: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for part in self.arriving.get(&chunk).into_iter().flatten() {
+            if offset >= part.len() {
+                offset -= part.len();
+            } else {
+                out.push(part.slice(offset..));
+                offset = 0;
+            }
+        }
+        out
+    }
+}
+
+/// What a reader of a fill does next.
+enum Step {
+    Fail(BlobError),
+    /// The chunk is complete (and, for the last one, the blob checked): take it from the cache.
+    Cached,
+    /// Bytes of the chunk that arrived past the reader's offset.
+    Arrived(Vec<Bytes>),
 }
 
 /// Removes a fill from the map of fills under way when dropped.
@@ -100,27 +139,46 @@ impl BlobService {
         let rx = self.join_fill(key, size);
         let n = chunks::count(size, self.chunk_size());
         let svc = self.clone();
-        Ok(stream::unfold((rx, 0u32), move |(mut rx, i)| {
+        // Each reader keeps its own place: (chunk, offset in it). It streams a
+        // chunk's bytes as they arrive, or from the cache once the chunk is
+        // complete (a reader that fell behind). The last chunk waits for the
+        // check of the whole blob, so a damaged blob never completes.
+        let batches = stream::unfold((rx, 0u32, 0usize), move |(mut rx, i, offset)| {
             let svc = svc.clone();
             async move {
                 if i >= n {
                     return None;
                 }
                 let last = i + 1 == n;
-                let ready = match rx.wait_for(|s| s.outcome.is_some() || (!last && s.done > i)).await {
-                    Err(_) => Err(BlobError::FillAborted),
+                let step = match rx
+                    .wait_for(|s| s.outcome.is_some() || (!last && (s.done > i || s.arrived(i) > offset)))
+                    .await
+                {
+                    Err(_) => Step::Fail(BlobError::FillAborted),
                     Ok(s) => match &s.outcome {
-                        Some(Err(e)) => Err(BlobError::Shared(e.clone())),
-                        _ => Ok(()),
+                        Some(Err(e)) => Step::Fail(BlobError::Shared(e.clone())),
+                        Some(Ok(())) => Step::Cached,
+                        None if s.done > i => Step::Cached,
+                        None => Step::Arrived(s.arrived_from(i, offset)),
                     },
                 };
-                match ready {
-                    Err(e) => Some((Err(e), (rx, n))),
-                    Ok(()) => Some((svc.chunk(key, i, size).await, (rx, i + 1))),
-                }
+                Some(match step {
+                    Step::Fail(e) => (vec![Err(e)], (rx, n, 0)),
+                    Step::Cached => match svc.chunk(key, i, size).await {
+                        Ok(chunk) => (vec![Ok(chunk.slice(offset..))], (rx, i + 1, 0)),
+                        Err(e) => (vec![Err(e)], (rx, n, 0)),
+                    },
+                    Step::Arrived(parts) => {
+                        let offset = offset + parts.iter().map(Bytes::len).sum::<usize>();
+                        (parts.into_iter().map(Ok).collect(), (rx, i, offset))
+                    }
+                })
             }
-        })
-        .boxed())
+        });
+        Ok(batches
+            .flat_map(stream::iter)
+            .filter(|part| std::future::ready(part.as_ref().map_or(true, |b| !b.is_empty())))
+            .boxed())
     }
 
     fn join_fill(self: &Arc<Self>, key: BlobKey, size: u64) -> watch::Receiver<FillState> {
@@ -145,10 +203,16 @@ impl BlobService {
         let token = self.completions.begin(key);
         let n = chunks::count(size, self.chunk_size());
         let svc = self.clone();
+        let publisher = tx.clone();
         let mut parts = stream::iter(0..n)
             .map(move |i| {
                 let svc = svc.clone();
-                async move { svc.chunk(key, i, size).await }
+                let tx = publisher.clone();
+                // Readers never see the last chunk before the check, so it is not published.
+                let publish = (i + 1 < n).then(|| -> super::Publish {
+                    Box::new(move |batch| tx.send_modify(|s| s.arriving.entry(i).or_default().extend(batch)))
+                });
+                async move { svc.chunk_publishing(key, i, size, publish).await }
             })
             .buffered(READAHEAD);
         let mut hasher = Md5::new();
@@ -158,8 +222,12 @@ impl BlobService {
             match part {
                 Ok(bytes) => {
                     hasher = hash_off_thread(hasher, bytes).await;
+                    // Readers still inside this chunk go on from the cache.
+                    tx.send_modify(|s| {
+                        s.arriving.remove(&done);
+                        s.done = done + 1;
+                    });
                     done += 1;
-                    tx.send_modify(|s| s.done = done);
                 }
                 Err(e) => {
                     result = Err(e);
@@ -168,6 +236,7 @@ impl BlobService {
             }
         }
         drop(parts);
+        tx.send_modify(|s| s.arriving.clear());
         let mut verified = None;
         if result.is_ok() {
             let actual = BlobKey::from_digest(hasher);

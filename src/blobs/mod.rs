@@ -79,6 +79,9 @@ pub struct BlobStatus {
     pub size: Option<u64>,
 }
 
+/// Receives a chunk's bytes as they arrive from the store.
+type Publish = Box<dyn FnMut(Vec<Bytes>) + Send>;
+
 type SharedHead = Shared<BoxFuture<'static, Result<u64, Arc<StoreError>>>>;
 
 /// A stream of body bytes.
@@ -265,16 +268,35 @@ impl BlobService {
 
     /// One chunk: from the cache, or read once from the origin and cached.
     async fn chunk(self: &Arc<Self>, key: BlobKey, index: u32, size: u64) -> Result<Bytes, BlobError> {
+        self.chunk_publishing(key, index, size, None).await
+    }
+
+    /// `chunk`, and if this call is the one that reads the origin, hand the
+    /// bytes to `publish` as they arrive.
+    async fn chunk_publishing(
+        self: &Arc<Self>,
+        key: BlobKey,
+        index: u32,
+        size: u64,
+        publish: Option<Publish>,
+    ) -> Result<Bytes, BlobError> {
         let svc = self.clone();
         let bounds = chunks::bounds(index, size, self.chunk_size());
         Ok(self
             .cache
-            .chunk_or_fetch(&key, index, move || async move { svc.read_origin(key, bounds).await })
+            .chunk_or_fetch(&key, index, move || async move {
+                svc.read_origin(key, bounds, publish).await
+            })
             .await?)
     }
 
     /// Read a byte range from where the blob lives: the pending spool, else the store.
-    async fn read_origin(&self, key: BlobKey, range: Range<u64>) -> Result<Bytes, BlobError> {
+    async fn read_origin(
+        &self,
+        key: BlobKey,
+        range: Range<u64>,
+        mut publish: Option<Publish>,
+    ) -> Result<Bytes, BlobError> {
         let want = (range.end - range.start) as usize;
         if let Some((file, _)) = self
             .replicator
@@ -289,12 +311,22 @@ impl BlobService {
         }
         let mut body = self.store.get(&key, range).await?;
         let mut buf = BytesMut::with_capacity(want);
+        let mut batch = Vec::new();
+        let mut batched = 0;
         while let Some(part) = body.next().await {
             let part = part?;
             if buf.len() + part.len() > want {
                 break;
             }
             buf.extend_from_slice(&part);
+            if let Some(publish) = &mut publish {
+                batched += part.len();
+                batch.push(part);
+                if batched >= fill::PUBLISH_BYTES || buf.len() == want {
+                    publish(std::mem::take(&mut batch));
+                    batched = 0;
+                }
+            }
         }
         if buf.len() != want {
             return Err(BlobError::ShortRead { key });

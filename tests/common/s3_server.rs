@@ -5,13 +5,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use blobcache::config::Settings;
 use blobcache::key::BlobKey;
-use bytesize::ByteSize;
+
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,37 +46,60 @@ pub enum Fault {
     Error(u16, &'static str),
     /// Accept the request and never answer.
     Hang,
+    /// Answer normally, but send only this many body bytes until `release`.
+    Stall(usize),
 }
 
 type Matcher = Box<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 
-#[derive(Default)]
+type Body = http_body_util::combinators::BoxBody<bytes::Bytes, s3s::StdError>;
+
 struct Shared {
     log: Mutex<Vec<Seen>>,
     fault: Mutex<Option<(Matcher, Fault)>>,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            log: Mutex::default(),
+            fault: Mutex::default(),
+            released: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 pub struct S3Server {
     pub addr: SocketAddr,
-    pub root: TempDir,
+    pub root: PathBuf,
+    _tmp: Option<TempDir>,
     service: S3Service,
     shared: Arc<Shared>,
     running: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl S3Server {
-    /// Start a server with one empty bucket, `BUCKET`.
+    /// Start a server over a temporary directory, with one empty bucket, `BUCKET`.
     pub async fn start() -> S3Server {
-        let root = tempfile::tempdir().expect("S3 root");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+        let tmp = tempfile::tempdir().expect("S3 root");
+        let mut server = Self::start_in(tmp.path(), "127.0.0.1:0".parse().unwrap()).await;
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Start a server over `root` on `addr`; the bucket `BUCKET` is created if missing.
+    pub async fn start_in(root: &Path, addr: SocketAddr) -> S3Server {
+        std::fs::create_dir_all(root.join(BUCKET)).expect("bucket dir");
+        let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind S3");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind S3");
         let server = S3Server {
             addr: listener.local_addr().unwrap(),
-            root,
+            root: root.to_path_buf(),
+            _tmp: None,
             service,
             shared: Arc::default(),
             running: Mutex::new(None),
@@ -140,6 +164,11 @@ impl S3Server {
         *self.shared.fault.lock().unwrap() = None;
     }
 
+    /// Let stalled answers (`Fault::Stall`) finish.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.log.lock().unwrap().clone()
     }
@@ -162,8 +191,8 @@ impl S3Server {
             .collect()
     }
 
-    /// Settings for a blobcache node in front of this server.
-    pub fn settings(&self) -> Settings {
+    /// `base` with the settings of a blobcache node in front of this server.
+    pub fn settings_over(&self, base: Settings) -> Settings {
         Settings {
             store: Some(format!("s3://{BUCKET}/{PREFIX}")),
             s3_endpoint: Some(self.endpoint()),
@@ -172,8 +201,7 @@ impl S3Server {
             s3_access_key_id: Some(ACCESS_KEY.into()),
             s3_secret_access_key: Some(SECRET_KEY.into()),
             s3_timeout: Some(Duration::from_secs(2)),
-            s3_multipart_threshold: Some(ByteSize::mib(64)),
-            ..crate::common::test_settings()
+            ..base
         }
     }
 
@@ -248,7 +276,8 @@ async fn answer(
     service: &S3Service,
     shared: &Shared,
     req: http::Request<Incoming>,
-) -> Result<http::Response<s3s::Body>, s3s::HttpError> {
+) -> Result<http::Response<Body>, s3s::HttpError> {
+    use http_body_util::BodyExt;
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -280,10 +309,25 @@ async fn answer(
             http::Response::builder()
                 .status(status)
                 .header("content-type", "application/xml")
-                .body(s3s::Body::from(body))
+                .body(s3s::Body::from(body).boxed())
                 .unwrap()
         }
-        None => service.call(req.map(s3s::Body::from)).await?,
+        Some(Fault::Stall(after)) => {
+            let (parts, body) = service.call(req.map(s3s::Body::from)).await?.into_parts();
+            let bytes = body.collect().await.map_err(s3s::HttpError::new)?.to_bytes();
+            let cut = after.min(bytes.len());
+            let (head, tail) = (bytes.slice(..cut), bytes.slice(cut..));
+            let mut released = shared.released.subscribe();
+            let frames = futures::StreamExt::chain(
+                futures::stream::iter([Ok(hyper::body::Frame::data(head))]),
+                futures::stream::once(async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok(hyper::body::Frame::data(tail))
+                }),
+            );
+            http::Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed())
+        }
+        None => service.call(req.map(s3s::Body::from)).await?.map(|b| b.boxed()),
     };
     seen.status = resp.status().as_u16();
     seen.bytes = resp

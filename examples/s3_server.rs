@@ -1,0 +1,35 @@
+//! A small S3-protocol server (s3s-fs over a directory) for trying blobcache's
+//! S3 mode and for `scripts/bench.sh`; the same server the tests use.
+//!
+//! `cargo run --release --example s3_server -- DIR [ADDR]` serves the bucket
+//! `blobs` from DIR on ADDR (default 127.0.0.1:9000) with the access key
+//! `blobcache-test` and the secret `blobcache-test-secret`. Then:
+//!
+//! ```text
+//! blobcache serve --store s3://blobs/cache --s3-endpoint http://127.0.0.1:9000 --s3-force-path-style \
+//!     --s3-access-key-id blobcache-test --s3-secret-access-key blobcache-test-secret
+//! ```
+
+#[path = "../tests/common/s3_server.rs"]
+mod s3_server;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let Some(dir) = args.next() else {
+        eprintln!("usage: s3_server DIR [ADDR]");
+        std::process::exit(2);
+    };
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
+    let addr = addr.parse().unwrap_or_else(|e| {
+        eprintln!("s3_server: {addr:?} is not an address: {e}");
+        std::process::exit(2);
+    });
+    let server = s3_server::S3Server::start_in(std::path::Path::new(&dir), addr).await;
+    println!(
+        "serving bucket {} from {dir} at {}",
+        s3_server::BUCKET,
+        server.endpoint()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+}
