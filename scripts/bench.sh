@@ -4,8 +4,12 @@
 #   2. single-stream GET hit of a 256 MiB blob
 #   3. 4 KiB GET hits with `wrk -t2 -c64 -d10s`, and /metrics and /readyz latency under that load
 #   4. peak RSS of a fresh server while a 2 GiB blob streams up and down
-# Each timed figure is the median of RUNS runs (default 3). Needs curl, wrk, md5sum, python3.
-# Usage: scripts/bench.sh            (BENCH_DIR=... to place the data, RUNS=N)
+#   5. in front of S3 (the s3s-fs server of the tests, examples/s3_server.rs): a cold
+#      256 MiB GET through blobcache next to a direct GET of the same object, and
+#      64 concurrent cold GETs of one 64 MiB blob next to one cold GET
+# Each timed figure is the median of RUNS runs (default 3). Needs curl (7.75+), wrk, md5sum, python3.
+# Usage: scripts/bench.sh            (BENCH_DIR=... to place the data, RUNS=N,
+#                                     SECTIONS="local s3" to choose what runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -16,11 +20,15 @@ PID=""
 
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  [ -n "$S3PID" ] && kill "$S3PID" 2>/dev/null && wait "$S3PID" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
+SECTIONS=${SECTIONS:-local s3}
+S3PID=""
 cargo build --release --quiet
+[[ $SECTIONS == *s3* ]] && cargo build --release --quiet --example s3_server
 for tool in curl wrk md5sum python3; do
   command -v $tool >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
 done
@@ -29,10 +37,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 start() {
+  local name=$1
+  shift
   PORT=$(free_port)
   URL="http://127.0.0.1:$PORT"
-  "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data-$1" --memory-cache "$MEMORY_CACHE" \
-    --disk-cache 8GiB >"$WORK/server-$1.log" 2>&1 &
+  "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data-$name" --memory-cache "$MEMORY_CACHE" \
+    --disk-cache 8GiB "$@" >"$WORK/server-$name.log" 2>&1 &
   PID=$!
   curl -sf --retry 100 --retry-connrefused --retry-delay 0 --retry-max-time 20 "$URL/healthz" >/dev/null
 }
@@ -59,8 +69,11 @@ cached() {
 put() { curl -sf -o /dev/null -H 'Expect:' -w '%{time_total}\n' -T "$1" "$URL/blobs/$(md5sum "$1" | cut -c1-32)"; }
 
 echo "== blobcache benchmark ($(nproc) cores, $RUNS runs each, memory cache $MEMORY_CACHE)"
-head -c 1G /dev/urandom >"$WORK/1g"
 head -c 256M /dev/urandom >"$WORK/256m"
+K256=$(md5sum "$WORK/256m" | cut -c1-32)
+
+if [[ $SECTIONS == *local* ]]; then
+head -c 1G /dev/urandom >"$WORK/1g"
 head -c 4K /dev/urandom >"$WORK/4k"
 start main
 
@@ -86,7 +99,6 @@ stop
 start get
 put "$WORK/256m" >/dev/null
 replicated
-K256=$(md5sum "$WORK/256m" | cut -c1-32)
 cached "$K256"
 curl -sf -o /dev/null "$URL/blobs/$K256" # warm-up read, not timed
 get_bps=$(for _ in $(seq "$RUNS"); do curl -sf -o /dev/null -w '%{speed_download}\n' "$URL/blobs/$K256"; done | median)
@@ -123,3 +135,79 @@ curl -sf -o /dev/null "$URL/blobs/$K2"
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 echo "peak RSS, 2 GiB up and down: $((hwm_kb / 1024)) MiB (target <= memory cache + 64 MiB)"
 stop
+fi
+
+if [[ $SECTIONS == *s3* ]]; then
+# 5. In front of S3. One s3s-fs server; each cold read is a fresh node with an empty data dir.
+S3PORT=$(free_port)
+S3URL="http://127.0.0.1:$S3PORT"
+S3KEY=blobcache-test:blobcache-test-secret
+target/release/examples/s3_server "$WORK/s3" "127.0.0.1:$S3PORT" >"$WORK/s3.log" 2>&1 &
+S3PID=$!
+curl -s --retry 100 --retry-connrefused --retry-delay 0 --retry-max-time 20 -o /dev/null "$S3URL/"
+S3FLAGS=(--store s3://blobs/cache --s3-endpoint "$S3URL" --s3-force-path-style
+  --s3-access-key-id blobcache-test --s3-secret-access-key blobcache-test-secret)
+direct() { curl -sf -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user "$S3KEY" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -w "$2" "$S3URL/blobs/cache/$1"; }
+cold() {  # cold KEY NAME FORMAT: one GET through a fresh node
+  start "$2" "${S3FLAGS[@]}"
+  curl -sf -o /dev/null -w "$3" "$URL/blobs/$1"
+  stop
+  rm -rf "$WORK/data-$2"
+}
+head -c 64M /dev/urandom >"$WORK/64m"
+K64=$(md5sum "$WORK/64m" | cut -c1-32)
+start seed "${S3FLAGS[@]}" --write-mode through
+put "$WORK/256m" >/dev/null
+put "$WORK/64m" >/dev/null
+stop
+direct "$K256" '' # warm the server's page cache, untimed
+FMT='%{speed_download} %{time_starttransfer}\n'
+pairs=$(for i in $(seq "$RUNS"); do
+  echo "$(direct "$K256" "$FMT") $(cold "$K256" "cold$i" "$FMT")"
+done)
+python3 - "$pairs" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in sys.argv[1].strip().splitlines()]
+d_bps, d_ttfb, c_bps, c_ttfb = (statistics.median(r[i] for r in rows) for i in range(4))
+ratios = [r[2] / r[0] for r in rows]
+print(f"cold 256 MiB GET via blobcache: {c_bps/1e6:.0f} MB/s (first byte {c_ttfb*1000:.1f} ms); "
+      f"direct from S3: {d_bps/1e6:.0f} MB/s (first byte {d_ttfb*1000:.1f} ms)")
+print(f"  ratio per run {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f} (target >= 0.85)")
+PY
+
+# 64 concurrent cold GETs of a 64 MiB blob, next to one cold GET of it (fresh node each).
+herd64() {  # seconds for 64 concurrent GETs of one blob
+  local t0 t1 clients=()
+  t0=$(date +%s.%N)
+  for _ in $(seq 64); do curl -sf -o /dev/null "$URL/blobs/$1" & clients+=($!); done
+  for c in "${clients[@]}"; do wait "$c" || echo "bench: a herd client failed" >&2; done
+  t1=$(date +%s.%N)
+  python3 -c "print($t1 - $t0)"
+}
+herd=$(for i in $(seq "$RUNS"); do
+  one=$(cold "$K64" "one$i" '%{time_total}')
+  start "herd$i" "${S3FLAGS[@]}"
+  cold_herd=$(herd64 "$K64")
+  gets=$(curl -sf "$URL/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)["store"]; print(s["gets"], s["bytes_read"])')
+  cached "$K64"
+  warm_herd=$(herd64 "$K64")  # the same 64 GETs once the blob is cached: the cost of serving 64 copies
+  stop
+  rm -rf "$WORK/data-herd$i"
+  echo "$one $cold_herd $gets $warm_herd"
+done)
+python3 - "$herd" "$(stat -c %s "$WORK/64m")" <<'PY'
+import statistics, sys
+rows = [l.split() for l in sys.argv[1].strip().splitlines()]
+size = int(sys.argv[2])
+one = statistics.median(float(r[0]) for r in rows)
+herd = statistics.median(float(r[1]) for r in rows)
+warm = statistics.median(float(r[4]) for r in rows)
+chunks = -(-size // (4 * 1024 * 1024 - 8 * 1024))
+print(f"64 cold GETs of 64 MiB at once: {herd:.2f} s; one cold GET {one:.2f} s; "
+      f"ratio {herd/one:.1f} (target <= 1.5)")
+print(f"  the same 64 GETs of the cached blob: {warm:.2f} s (cold herd / warm herd {herd/warm:.2f})")
+print(f"  store reads per herd: {', '.join(r[2] for r in rows)} for {chunks} chunks; "
+      f"bytes read {', '.join(r[3] for r in rows)} for a blob of {size}")
+PY
+kill "$S3PID"; wait "$S3PID" 2>/dev/null || true; S3PID=""
+fi

@@ -120,6 +120,12 @@ impl App {
             shutdown.await;
             signal.cancel();
         });
+        // Bodies stream in many writes: no Nagle delay between them (and none on the first bytes).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(shutting_down.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         shutting_down.cancelled().await;

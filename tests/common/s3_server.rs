@@ -118,6 +118,8 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                // As S3 and any server that streams does: no Nagle delay between body writes.
+                let _ = socket.set_nodelay(true);
                 let service = service.clone();
                 let shared = shared.clone();
                 conns.spawn(async move {
