@@ -33,8 +33,14 @@ impl App {
         let metrics = crate::metrics::Metrics::new();
         let store = Arc::new(MeteredStore::new(raw_store, Some(metrics.store_latency())));
         let store_stats = store.stats().clone();
+        let spool_dir = config.data_dir.join("spool");
+        let (spool, pending) = Spool::open(&spool_dir)
+            .await
+            .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+        // Before the cache opens, so a node that will not start leaves it untouched.
         let cache_dir = config.data_dir.join("cache");
         let had_cache = std::fs::read_dir(&cache_dir).is_ok_and(|mut d| d.next().is_some());
+        check_store_at_start(&*store, &config.store, had_cache || !pending.is_empty()).await?;
         let cache = BlobCache::open(&CacheConfig {
             dir: cache_dir,
             memory_bytes: config.memory_cache.as_u64(),
@@ -44,16 +50,11 @@ impl App {
         })
         .await
         .context("opening the cache")?;
-        let spool_dir = config.data_dir.join("spool");
-        let (spool, pending) = Spool::open(&spool_dir)
-            .await
-            .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
         let replicator = Arc::new(Replicator::new(Arc::new(spool), store.clone(), Backoff::default()));
         if !pending.is_empty() {
             let bytes: u64 = pending.iter().map(|p| p.size).sum();
             tracing::info!(blobs = pending.len(), bytes, "replaying blobs still pending upload");
         }
-        check_store_at_start(&*store, &config.store, had_cache || !pending.is_empty()).await?;
         for p in pending {
             replicator.enqueue(p.key, p.size, p.modified);
         }

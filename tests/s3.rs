@@ -505,3 +505,115 @@ async fn a_node_with_a_cache_starts_while_s3_is_down_and_serves_it() {
     })
     .await;
 }
+
+/// The real binary, configured the way an operator would: credentials and the
+/// endpoint from the standard AWS environment variables, no S3 flags for them.
+#[tokio::test]
+async fn the_binary_reads_credentials_and_endpoint_from_the_aws_environment() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--disk-cache",
+            "256MiB",
+        ])
+        .args(["--store", "s3://blobs/cache", "--s3-force-path-style"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the server exited before listening");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            if v["message"] == "blobcache listening" {
+                break v["addr"].as_str().unwrap().to_string();
+            }
+        }
+    })
+    .await
+    .expect("listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let bytes = data(100_000, 20);
+    let key = BlobKey::of(&bytes);
+    let resp = reqwest::Client::new()
+        .put(format!("http://{addr}/blobs/{key}"))
+        .header("x-blob-durability", "stored")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let (stored, _) = s3.object(&key).await.expect("the object is in the bucket");
+    assert!(stored == bytes);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
+
+/// A store that cannot work stops the binary with exit code 1 and one line on stderr.
+#[tokio::test]
+async fn the_binary_names_a_store_problem_in_one_line() {
+    let s3 = S3Server::start().await;
+    let endpoint = s3.endpoint();
+    let cases = [
+        ("http://127.0.0.1:9", s3_server::SECRET_KEY, "cannot be reached"),
+        (endpoint.as_str(), "wrong-secret", "refused access"),
+    ];
+    for (endpoint, secret, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--disk-cache", "256MiB"])
+            .args([
+                "--store",
+                "s3://blobs/cache",
+                "--s3-force-path-style",
+                "--s3-region",
+                "us-east-1",
+            ])
+            .args(["--s3-endpoint", endpoint])
+            .args([
+                "--s3-access-key-id",
+                s3_server::ACCESS_KEY,
+                "--s3-secret-access-key",
+                secret,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .expect("exits promptly")
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{endpoint}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].starts_with("blobcache: error: ") && lines[0].contains(expected),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains(secret) || secret == s3_server::SECRET_KEY,
+            "no secret in the message"
+        );
+    }
+}

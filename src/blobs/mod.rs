@@ -322,7 +322,8 @@ impl BlobService {
             if let Some(publish) = &mut publish {
                 batched += part.len();
                 batch.push(part);
-                if batched >= fill::PUBLISH_BYTES || buf.len() == want {
+                // The first bytes go out at once (time to first byte); then in batches.
+                if batched >= fill::PUBLISH_BYTES || buf.len() == want || buf.len() == batched {
                     publish(std::mem::take(&mut batch));
                     batched = 0;
                 }
