@@ -208,9 +208,24 @@ impl BlobService {
             .map(move |i| {
                 let svc = svc.clone();
                 let tx = publisher.clone();
-                // Readers never see the last chunk before the check, so it is not published.
+                // Only the chunk readers are waiting for (the first one not done)
+                // is published, and only from its start: the others are read
+                // ahead in parallel and reach readers through the cache. That
+                // keeps at most one chunk's bytes held twice. Readers never see
+                // the last chunk before the check, so it is not published either.
                 let publish = (i + 1 < n).then(|| -> super::Publish {
-                    Box::new(move |batch| tx.send_modify(|s| s.arriving.entry(i).or_default().extend(batch)))
+                    let mut from_start = true;
+                    Box::new(move |batch| {
+                        if from_start {
+                            tx.send_if_modified(|s| {
+                                from_start = s.done == i;
+                                if from_start {
+                                    s.arriving.entry(i).or_default().extend(batch);
+                                }
+                                from_start
+                            });
+                        }
+                    })
                 });
                 async move { svc.chunk_publishing(key, i, size, publish).await }
             })
