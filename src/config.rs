@@ -411,6 +411,62 @@ mod tests {
     }
 
     #[test]
+    fn s3_settings_parse_check_and_print_without_secrets() {
+        let c = parse(&[
+            "--store",
+            "s3://droplets/cache",
+            "--s3-endpoint",
+            "http://minio:secret-in-url@127.0.0.1:9000",
+            "--s3-force-path-style",
+            "--s3-access-key-id",
+            "AKIDEXAMPLE",
+            "--s3-secret-access-key",
+            "wJalrXUtnFEMI",
+            "--s3-part-size",
+            "8MiB",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let s3 = &c.store_options;
+        assert!(s3.s3_force_path_style);
+        assert_eq!(s3.s3_part_size, ByteSize::mib(8));
+        assert_eq!(s3.s3_multipart_threshold, ByteSize::mib(64));
+        assert_eq!(s3.s3_timeout, Duration::from_secs(10));
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("s3-access-key-id = \"AKIDEXAMPLE\""), "{printed}");
+        assert!(!printed.contains("wJalrXUtnFEMI") && printed.contains("s3-secret-access-key = \"***\""));
+        assert!(!printed.contains("secret-in-url") && printed.contains("http://minio:***@127.0.0.1:9000"));
+        let logged = serde_json::to_string(&c).unwrap();
+        assert!(!logged.contains("wJalrXUtnFEMI") && !logged.contains("secret-in-url"));
+
+        // The flag alone means true; an explicit value works too.
+        let off = parse(&["--s3-force-path-style", "false"]).unwrap().resolve().unwrap();
+        assert!(!off.store_options.s3_force_path_style);
+
+        for (args, flag) in [
+            (&["--s3-part-size", "1MiB"][..], "--s3-part-size"),
+            (&["--s3-multipart-threshold", "6GiB"][..], "--s3-multipart-threshold"),
+            (&["--s3-access-key-id", "AKID"][..], "--s3-secret-access-key"),
+            (&["--s3-timeout", "10ms"][..], "--s3-timeout"),
+            (
+                &[
+                    "--max-blob-size",
+                    "100GiB",
+                    "--spool-size",
+                    "100GiB",
+                    "--s3-part-size",
+                    "5MiB",
+                ][..],
+                "10000 parts",
+            ),
+        ] {
+            let e = parse(args).unwrap().resolve().unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let e = parse(&["--memory-cache", "lots"]).unwrap_err().to_string();
         assert!(e.contains("--memory-cache"), "{e}");

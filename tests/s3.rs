@@ -323,6 +323,60 @@ async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
 }
 
 #[tokio::test]
+async fn s3_dying_mid_read_cuts_the_responses_and_caches_nothing() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let bytes = data(3 * CHUNK, 15);
+    let key = s3.put_object(&bytes).await;
+    s3.fail(
+        move |m, u| m == http::Method::GET && u.path() == S3Server::object_path(&key),
+        Fault::Stall(256 * 1024),
+    );
+    let (tx, mut first_bytes) = tokio::sync::mpsc::channel(4);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let client = a.client.clone();
+            let url = a.blob_url(&key);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut resp = client.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut got = 0;
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(part)) => {
+                            if got == 0 {
+                                tx.send(()).await.unwrap();
+                            }
+                            got += part.len();
+                        }
+                        Ok(None) => return Ok(got),
+                        Err(_) => return Err(got),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(20), first_bytes.recv())
+            .await
+            .expect("first bytes")
+            .unwrap();
+    }
+    s3.stop().await;
+    for c in clients {
+        let got = c.await.unwrap().expect_err("the response breaks off");
+        assert!(got < bytes.len());
+    }
+    assert!(a.state.blobs.cache().meta(&key).await.is_none(), "not cached");
+    s3.heal();
+    s3.restart().await;
+    let resp = a.get(&key).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap() == bytes);
+}
+
+#[tokio::test]
 async fn an_object_that_does_not_match_its_key_is_never_served_whole_nor_cached() {
     let s3 = S3Server::start().await;
     let a = node(&s3).await;
