@@ -269,6 +269,50 @@ async fn a_cold_herd_costs_one_read_per_chunk() {
     assert!(heads <= 2, "concurrent lookups share a HeadObject, got {heads}");
 }
 
+/// Start `n` GETs of `key` and wait (bounded) until each has received its first
+/// bytes, at most `limit` of them. Each task ends with the whole body, or with
+/// what it got before the response broke off.
+async fn readers_with_first_bytes(
+    app: &TestApp,
+    key: &BlobKey,
+    n: usize,
+    limit: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Vec<u8>, Vec<u8>>>> {
+    let (tx, mut first_bytes) = tokio::sync::mpsc::channel(n);
+    let clients = (0..n)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.blob_url(key);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut resp = client.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut body = Vec::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(part)) => {
+                            if body.is_empty() {
+                                tx.send(part.len()).await.unwrap();
+                            }
+                            body.extend_from_slice(&part);
+                        }
+                        Ok(None) => return Ok(body),
+                        Err(_) => return Err(body),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..n {
+        let got = tokio::time::timeout(Duration::from_secs(20), first_bytes.recv())
+            .await
+            .expect("every client gets its first bytes while the store is stalled")
+            .unwrap();
+        assert!(got > 0 && got <= limit, "{got} bytes");
+    }
+    clients
+}
+
 #[tokio::test]
 async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
     let s3 = S3Server::start().await;
@@ -276,47 +320,16 @@ async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
     let bytes = data(3 * CHUNK, 14);
     let key = s3.put_object(&bytes).await;
     // Every read of the object sends its first 512 KiB, then waits.
-    s3.fail(
-        move |m, u| m == http::Method::GET && u.path() == S3Server::object_path(&key),
-        Fault::Stall(512 * 1024),
-    );
-    let (tx, mut first_bytes) = tokio::sync::mpsc::channel(8);
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let client = a.client.clone();
-            let url = a.blob_url(&key);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut resp = client.get(url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                let mut body = Vec::new();
-                let mut told = false;
-                while let Some(part) = resp.chunk().await.unwrap() {
-                    body.extend_from_slice(&part);
-                    if !told {
-                        tx.send(body.len()).await.unwrap();
-                        told = true;
-                    }
-                }
-                body
-            })
-        })
-        .collect();
+    s3.stall_reads_of(&key, 512 * 1024);
     // No chunk can be complete, yet every client already has bytes.
-    for _ in 0..8 {
-        let got = tokio::time::timeout(Duration::from_secs(20), first_bytes.recv())
-            .await
-            .expect("every client gets its first bytes while the store is stalled")
-            .unwrap();
-        assert!(got > 0 && got <= 512 * 1024, "{got} bytes");
-    }
+    let clients = readers_with_first_bytes(&a, &key, 8, 512 * 1024).await;
     assert_eq!(
         a.state.blobs.stats().fills.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
     s3.release();
     for c in clients {
-        assert!(c.await.unwrap() == bytes);
+        assert!(c.await.unwrap().expect("a whole body") == bytes);
     }
     let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
     assert_eq!(gets.len(), 3, "one read per chunk: {gets:?}");
@@ -328,45 +341,12 @@ async fn s3_dying_mid_read_cuts_the_responses_and_caches_nothing() {
     let a = node(&s3).await;
     let bytes = data(3 * CHUNK, 15);
     let key = s3.put_object(&bytes).await;
-    s3.fail(
-        move |m, u| m == http::Method::GET && u.path() == S3Server::object_path(&key),
-        Fault::Stall(256 * 1024),
-    );
-    let (tx, mut first_bytes) = tokio::sync::mpsc::channel(4);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let client = a.client.clone();
-            let url = a.blob_url(&key);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut resp = client.get(url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                let mut got = 0;
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(part)) => {
-                            if got == 0 {
-                                tx.send(()).await.unwrap();
-                            }
-                            got += part.len();
-                        }
-                        Ok(None) => return Ok(got),
-                        Err(_) => return Err(got),
-                    }
-                }
-            })
-        })
-        .collect();
-    for _ in 0..4 {
-        tokio::time::timeout(Duration::from_secs(20), first_bytes.recv())
-            .await
-            .expect("first bytes")
-            .unwrap();
-    }
+    s3.stall_reads_of(&key, 256 * 1024);
+    let clients = readers_with_first_bytes(&a, &key, 4, 256 * 1024).await;
     s3.stop().await;
     for c in clients {
         let got = c.await.unwrap().expect_err("the response breaks off");
-        assert!(got < bytes.len());
+        assert!(got.len() < bytes.len());
     }
     assert!(a.state.blobs.cache().meta(&key).await.is_none(), "not cached");
     s3.heal();

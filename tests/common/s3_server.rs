@@ -166,6 +166,15 @@ impl S3Server {
         *self.shared.fault.lock().unwrap() = None;
     }
 
+    /// Every GET of a blob's object sends its first `after` bytes, then waits for `release`.
+    pub fn stall_reads_of(&self, key: &BlobKey, after: usize) {
+        let path = Self::object_path(key);
+        self.fail(
+            move |m, u| m == http::Method::GET && u.path() == path,
+            Fault::Stall(after),
+        );
+    }
+
     /// Let stalled answers (`Fault::Stall`) finish.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
