@@ -188,12 +188,13 @@ herd=$(for i in $(seq "$RUNS"); do
   one=$(cold "$K64" "one$i" '%{time_total}')
   start "herd$i" "${S3FLAGS[@]}"
   cold_herd=$(herd64 "$K64")
+  hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
   gets=$(curl -sf "$URL/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)["store"]; print(s["gets"], s["bytes_read"])')
   cached "$K64"
   warm_herd=$(herd64 "$K64")  # the same 64 GETs once the blob is cached: the cost of serving 64 copies
   stop
   rm -rf "$WORK/data-herd$i"
-  echo "$one $cold_herd $gets $warm_herd"
+  echo "$one $cold_herd $gets $warm_herd $((hwm_kb / 1024))"
 done)
 python3 - "$herd" "$(stat -c %s "$WORK/64m")" <<'PY'
 import statistics, sys
@@ -206,6 +207,7 @@ chunks = -(-size // (4 * 1024 * 1024 - 8 * 1024))
 print(f"64 cold GETs of 64 MiB at once: {herd:.2f} s; one cold GET {one:.2f} s; "
       f"ratio {herd/one:.1f} (target <= 1.5)")
 print(f"  the same 64 GETs of the cached blob: {warm:.2f} s (cold herd / warm herd {herd/warm:.2f})")
+print(f"  peak RSS of the node through the cold herd: {', '.join(r[5] for r in rows)} MiB")
 print(f"  store reads per herd: {', '.join(r[2] for r in rows)} for {chunks} chunks; "
       f"bytes read {', '.join(r[3] for r in rows)} for a blob of {size}")
 PY
