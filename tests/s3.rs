@@ -4,6 +4,7 @@ mod common;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blobcache::app::App;
@@ -19,6 +20,13 @@ fn node_settings(s3: &S3Server) -> Settings {
 
 async fn node(s3: &S3Server) -> TestApp {
     TestApp::spawn_with(node_settings(s3)).await
+}
+
+/// A node that waits long for a stalled S3 body, so a test decides when a stall ends.
+async fn patient_node(s3: &S3Server) -> TestApp {
+    let mut settings = node_settings(s3);
+    settings.s3_timeout = Some(Duration::from_secs(60));
+    TestApp::spawn_with(settings).await
 }
 
 /// Build a node and return its start-up error.
@@ -316,7 +324,7 @@ async fn readers_with_first_bytes(
 #[tokio::test]
 async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
     let s3 = S3Server::start().await;
-    let a = node(&s3).await;
+    let a = patient_node(&s3).await;
     let bytes = data(3 * CHUNK, 14);
     let key = s3.put_object(&bytes).await;
     // Every read of the object sends its first 512 KiB, then waits.
@@ -338,7 +346,7 @@ async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
 #[tokio::test]
 async fn s3_dying_mid_read_cuts_the_responses_and_caches_nothing() {
     let s3 = S3Server::start().await;
-    let a = node(&s3).await;
+    let a = patient_node(&s3).await;
     let bytes = data(3 * CHUNK, 15);
     let key = s3.put_object(&bytes).await;
     s3.stall_reads_of(&key, 256 * 1024);
@@ -494,6 +502,48 @@ async fn uploads_wait_out_an_s3_outage() {
         let (stored, _) = s3.object(&BlobKey::of(b)).await.expect("stored after the outage");
         assert!(&stored == b);
     }
+}
+
+#[tokio::test]
+async fn a_delete_during_an_upload_waits_for_it_so_the_blob_cannot_come_back() {
+    let s3 = S3Server::start().await;
+    let a = patient_node(&s3).await;
+    let bytes = data(100_000, 16);
+    let key = BlobKey::of(&bytes);
+    let object = S3Server::object_path(&key);
+    s3.fail(move |m, u| m == http::Method::PUT && u.path() == object, Fault::Hold);
+    assert_eq!(a.put(&bytes).await.status(), 201);
+    let replicator = a.state.blobs.replicator().clone();
+    eventually("the upload to start", || {
+        replicator.stats().attempts.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+
+    let client = a.client.clone();
+    let url = a.blob_url(&key);
+    let delete = tokio::spawn(async move { client.delete(url).send().await.unwrap().status() });
+    eventually("the DELETE to reach the node", || {
+        a.state.blobs.stats().invalidations.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    // The upload that was under way now lands in the bucket...
+    s3.release();
+    assert_eq!(delete.await.unwrap(), 204);
+    // ...but the DELETE answered only after it, and after removing it again.
+    let log = s3.requests();
+    let path = S3Server::object_path(&key);
+    let put = log
+        .iter()
+        .position(|s| s.method == "PUT" && s.path == path)
+        .expect("the upload was answered");
+    let first_delete = log
+        .iter()
+        .position(|s| s.method == "DELETE" && s.path == path)
+        .expect("a delete");
+    assert!(put < first_delete, "no delete ran before the upload ended: {log:?}");
+    assert!(s3.object(&key).await.is_none(), "the blob is not in the bucket");
+    assert_error(a.get(&key).await, 404, "not_found").await;
+    assert_eq!(a.pending_blobs(), 0);
 }
 
 #[tokio::test]

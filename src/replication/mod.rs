@@ -149,26 +149,39 @@ impl Replicator {
     }
 
     /// Cancel a pending upload (DELETE). Returns whether one was pending. The
-    /// spool file is gone when this returns; an upload already under way is
-    /// followed by a delete from the store.
+    /// spool file is gone when this returns. An upload already under way is
+    /// waited for (it is bounded by the store's timeouts), and the replicator
+    /// removes its result from the store: so once this returns, no upload of
+    /// this blob can still bring it back into the store behind the DELETE.
     pub async fn cancel(&self, key: &BlobKey) -> std::io::Result<bool> {
-        let was_pending = {
-            let mut state = self.state.lock().expect("queue lock");
-            match state.get_mut(key) {
-                Some(p) if p.deleted => false,
-                Some(p) if p.uploading => {
-                    p.deleted = true;
-                    self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
-                    true
+        let mut was_pending = false;
+        loop {
+            let finished = self.idle.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            {
+                let mut state = self.state.lock().expect("queue lock");
+                match state.get_mut(key) {
+                    None => break,
+                    Some(p) if p.uploading => {
+                        if !p.deleted {
+                            p.deleted = true;
+                            self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
+                            was_pending = true;
+                        }
+                    }
+                    Some(p) => {
+                        if !p.deleted {
+                            self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
+                            was_pending = true;
+                        }
+                        state.remove(key);
+                        break;
+                    }
                 }
-                Some(p) => {
-                    self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
-                    state.remove(key);
-                    true
-                }
-                None => false,
             }
-        };
+            finished.await;
+        }
         let spool = self.spool.clone();
         let key = *key;
         let removed = tokio::task::spawn_blocking(move || spool.remove_pending(&key))

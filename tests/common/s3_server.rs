@@ -48,6 +48,8 @@ pub enum Fault {
     Hang,
     /// Answer normally, but send only this many body bytes until `release`.
     Stall(usize),
+    /// Take the request, and only act on it and answer after `release`.
+    Hold,
 }
 
 type Matcher = Box<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
@@ -175,7 +177,7 @@ impl S3Server {
         );
     }
 
-    /// Let stalled answers (`Fault::Stall`) finish.
+    /// Let stalled and held answers (`Fault::Stall`, `Fault::Hold`) go on.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
     }
@@ -322,6 +324,10 @@ async fn answer(
                 .header("content-type", "application/xml")
                 .body(s3s::Body::from(body).boxed())
                 .unwrap()
+        }
+        Some(Fault::Hold) => {
+            let _ = shared.released.subscribe().wait_for(|r| *r).await;
+            service.call(req.map(s3s::Body::from)).await?.map(|b| b.boxed())
         }
         Some(Fault::Stall(after)) => {
             let (parts, body) = service.call(req.map(s3s::Body::from)).await?.into_parts();
