@@ -564,6 +564,11 @@ async fn start_up_names_what_is_wrong_with_the_store() {
     settings.s3_endpoint = Some("http://127.0.0.1:9".into());
     let e = start_error(settings).await;
     assert!(e.contains("cannot be reached") && e.contains("127.0.0.1:9"), "{e}");
+
+    s3.fail(|m, _| m == http::Method::HEAD, Fault::WrongRegion("eu-central-1"));
+    let e = start_error(node_settings(&s3)).await;
+    assert!(e.contains("set --s3-region eu-central-1"), "{e}");
+    s3.heal();
 }
 
 #[tokio::test]

@@ -171,11 +171,23 @@ impl S3Store {
             Some(k) => format!("S3 {op} of {}{k} in {}", self.prefix, self.place),
             None => format!("S3 {op} of {}", self.place),
         };
-        let detail = match (kind, &e) {
-            (StoreErrorKind::Permanent, SdkError::ServiceError(se)) if se.err().code() == Some("NoSuchBucket") => {
+        // S3 answers a request signed for the wrong region with a redirect that names the right one.
+        let region = match &e {
+            SdkError::ServiceError(se) if (300..400).contains(&se.raw().status().as_u16()) => {
+                se.raw().headers().get("x-amz-bucket-region").map(str::to_string)
+            }
+            _ => None,
+        };
+        let detail = match (region, kind, &e) {
+            (Some(region), _, _) => {
+                format!("the bucket is in region {region}: set --s3-region {region} (or AWS_REGION)")
+            }
+            (None, StoreErrorKind::Permanent, SdkError::ServiceError(se))
+                if se.err().code() == Some("NoSuchBucket") =>
+            {
                 "the bucket does not exist".to_string()
             }
-            (StoreErrorKind::NotFound, _) if key.is_none() => "the bucket does not exist".to_string(),
+            (None, StoreErrorKind::NotFound, _) if key.is_none() => "the bucket does not exist".to_string(),
             _ => crate::error_chain(&e),
         };
         // A missing bucket is a configuration error, not a missing blob.

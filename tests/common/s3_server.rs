@@ -50,6 +50,8 @@ pub enum Fault {
     Stall(usize),
     /// Take the request, and only act on it and answer after `release`.
     Hold,
+    /// What S3 answers a request signed for another region: 301 naming the bucket's region.
+    WrongRegion(&'static str),
 }
 
 type Matcher = Box<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
@@ -325,6 +327,11 @@ async fn answer(
                 .body(s3s::Body::from(body).boxed())
                 .unwrap()
         }
+        Some(Fault::WrongRegion(region)) => http::Response::builder()
+            .status(301)
+            .header("x-amz-bucket-region", region)
+            .body(s3s::Body::empty().boxed())
+            .unwrap(),
         Some(Fault::Hold) => {
             let _ = shared.released.subscribe().wait_for(|r| *r).await;
             service.call(req.map(s3s::Body::from)).await?.map(|b| b.boxed())
