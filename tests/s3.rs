@@ -706,3 +706,33 @@ async fn the_binary_names_a_store_problem_in_one_line() {
         );
     }
 }
+
+/// Sizes at the edges (empty, one byte, a chunk either side) go up and come back through S3.
+#[tokio::test]
+async fn edge_sizes_round_trip_through_s3() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let blobs: Vec<Vec<u8>> = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| data(n, 200 + i as u64))
+        .collect();
+    for b in &blobs {
+        assert_eq!(a.put(b).await.status(), 201, "{} bytes", b.len());
+    }
+    a.replicated().await;
+    let cold = node(&s3).await;
+    for b in &blobs {
+        let key = BlobKey::of(b);
+        let (stored, _) = s3.object(&key).await.expect("in the bucket");
+        assert!(&stored == b, "{} bytes stored", b.len());
+        let resp = cold.get(&key).await;
+        assert_eq!(resp.status(), 200, "{} bytes", b.len());
+        assert_eq!(resp.headers()["content-length"], b.len().to_string());
+        assert!(
+            resp.bytes().await.unwrap() == b.as_slice(),
+            "{} bytes read back",
+            b.len()
+        );
+    }
+}
