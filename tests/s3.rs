@@ -448,15 +448,23 @@ async fn s3_failures_map_to_statuses_a_user_can_act_on() {
     let a = node(&s3).await;
     let key = s3.put_object(&data(500, 11)).await;
 
-    s3.fail(|m, _| m == http::Method::HEAD, Fault::Error(500, "InternalError"));
-    assert_error(a.get(&key).await, 503, "store_unavailable").await;
-    s3.fail(|m, _| m == http::Method::HEAD, Fault::Error(503, "SlowDown"));
-    assert_error(a.get(&key).await, 503, "store_unavailable").await;
-    s3.fail(|m, _| m == http::Method::HEAD, Fault::Error(403, "AccessDenied"));
-    assert_error(a.get(&key).await, 502, "store_denied").await;
-    // The size is known but the body read fails: still an error status, not a broken 200.
+    let cases = [
+        (Fault::Error(500, "InternalError"), 503, "store_unavailable"),
+        (Fault::Error(503, "SlowDown"), 503, "store_unavailable"),
+        (Fault::Error(403, "AccessDenied"), 502, "store_denied"),
+    ];
+    for (fault, status, code) in cases {
+        // A GET looks up the size (HeadObject), then reads (GetObject): each can fail.
+        s3.fail(|m, _| m == http::Method::GET, fault);
+        assert_error(a.get(&key).await, status, code).await;
+        s3.fail(|m, _| m == http::Method::HEAD, fault);
+        let head = a.client.head(a.blob_url(&key)).send().await.unwrap();
+        assert_eq!(head.status().as_u16(), status, "HEAD with {fault:?}");
+        assert_error(a.get_range(&key, "bytes=0-9").await, status, code).await;
+    }
+    // The size is known but the ranged read fails: still an error status, not a broken 206.
     s3.fail(|m, _| m == http::Method::GET, Fault::Error(500, "InternalError"));
-    assert_error(a.get(&key).await, 503, "store_unavailable").await;
+    assert_error(a.get_range(&key, "bytes=0-9").await, 503, "store_unavailable").await;
     s3.heal();
     assert_eq!(a.get(&key).await.status(), 200);
 }
@@ -735,4 +743,40 @@ async fn edge_sizes_round_trip_through_s3() {
             b.len()
         );
     }
+}
+
+/// Lookups of a cold blob's size (HEAD, GET, range GET) share one HeadObject when concurrent.
+#[tokio::test]
+async fn concurrent_heads_share_one_head_object() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let key = s3.put_object(&data(10_000, 17)).await;
+    s3.clear_log();
+    let heads = (0..32).map(|_| a.client.head(a.blob_url(&key)).send());
+    for resp in futures::future::join_all(heads).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-length"], "10000");
+    }
+    let sent = s3.requests_for("HEAD", &key).len();
+    assert!((1..=8).contains(&sent), "32 HEADs sent {sent} HeadObjects");
+    assert!(s3.requests().iter().all(|s| s.method == "HEAD"), "no body was read");
+}
+
+/// A whole GET after a range read of the first chunk reads only the chunks still missing.
+#[tokio::test]
+async fn a_whole_read_after_a_range_of_the_first_chunk() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let bytes = data(2 * CHUNK + 5, 18);
+    let key = s3.put_object(&bytes).await;
+    let range = a.get_range(&key, "bytes=0-9").await;
+    assert_eq!(range.status(), 206);
+    assert!(range.bytes().await.unwrap() == bytes[..10]);
+    let resp = a.get(&key).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], bytes.len().to_string());
+    assert!(resp.bytes().await.unwrap() == bytes);
+    let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
+    assert_eq!(gets.len(), 3, "each chunk read once: {gets:?}");
 }
