@@ -2,94 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use blobcache::key::BlobKey;
 use common::data;
-
-struct Server {
-    child: Child,
-    base: String,
-    log: std::sync::mpsc::Receiver<serde_json::Value>,
-}
-
-/// Start `blobcache serve` on 127.0.0.1:0 and learn its port from its JSON log.
-fn start(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobcache"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--disk-cache",
-            "256MiB",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited before listening").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        if v["message"] == "blobcache listening" {
-            break v["addr"].as_str().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    let (tx, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    Server {
-        child,
-        base: format!("http://{addr}"),
-        log,
-    }
-}
-
-impl Server {
-    /// SIGTERM, then wait (bounded) for the exit status.
-    fn terminate(self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM)
-    }
-
-    /// SIGKILL: no shutdown code runs at all.
-    fn kill(self) -> std::process::ExitStatus {
-        self.signal(libc::SIGKILL)
-    }
-
-    fn signal(mut self, signal: libc::c_int) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::process::start;
 
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_the_cache_survives() {

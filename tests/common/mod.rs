@@ -1,6 +1,8 @@
 //! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with temporary directories.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;

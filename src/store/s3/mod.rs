@@ -8,9 +8,9 @@
 //! Every request is bounded in time: a slow or silent server becomes a
 //! retryable error, never a hang.
 
+mod upload;
+
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,25 +21,21 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use base64::Engine;
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
+use std::path::Path;
 
 use super::{ByteStream, Store, StoreError, StoreErrorKind, StoreOptions};
 use crate::key::BlobKey;
 
-/// Parts of one multipart upload sent at once.
-const PART_CONCURRENCY: usize = 4;
-
-/// Object metadata that records the blob's MD5 (`x-amz-meta-md5`).
-const MD5_METADATA: &str = "md5";
-
-/// How long an upload of `bytes` may take before it counts as stalled:
-/// the usual answer time plus 1 s per MiB (a floor of 1 MiB/s).
-fn upload_timeout(base: Duration, bytes: u64) -> Duration {
-    base + Duration::from_secs(bytes.div_ceil(1024 * 1024))
+/// Per-call limits: each attempt may take `attempt`; with retries, three times that in all.
+fn time_limits(attempt: Duration) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new().timeout_config(
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * 3)
+            .build(),
+    )
 }
 
 /// A store in an S3 bucket.
@@ -143,23 +139,7 @@ impl S3Store {
 
     /// Limits for a request answered without a large body going up.
     fn answer_limits(&self) -> aws_sdk_s3::config::Builder {
-        aws_sdk_s3::config::Builder::new().timeout_config(
-            TimeoutConfig::builder()
-                .operation_attempt_timeout(self.timeout)
-                .operation_timeout(self.timeout * 3)
-                .build(),
-        )
-    }
-
-    /// Limits for a request that sends `bytes` of body.
-    fn upload_limits(&self, bytes: u64) -> aws_sdk_s3::config::Builder {
-        let attempt = upload_timeout(self.timeout, bytes);
-        aws_sdk_s3::config::Builder::new().timeout_config(
-            TimeoutConfig::builder()
-                .operation_attempt_timeout(attempt)
-                .operation_timeout(attempt * 3)
-                .build(),
-        )
+        time_limits(self.timeout)
     }
 
     fn error<E>(&self, op: &str, key: Option<&BlobKey>, e: SdkError<E, HttpResponse>) -> StoreError
@@ -198,227 +178,6 @@ impl S3Store {
         };
         StoreError::new(kind, format!("{what} failed: {detail}"))
     }
-
-    async fn put_single(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
-        let body = file_body(key, path, 0, size).await?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .content_length(size as i64)
-            .content_md5(base64_md5(key.as_bytes()))
-            .metadata(MD5_METADATA, key.to_string())
-            .body(body)
-            .customize()
-            .config_override(self.upload_limits(size))
-            .send()
-            .await
-            .map_err(|e| self.error("PutObject", Some(key), e))?;
-        Ok(())
-    }
-
-    async fn put_multipart(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
-        let object = self.object_key(key);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&object)
-            .metadata(MD5_METADATA, key.to_string())
-            .customize()
-            .config_override(self.answer_limits())
-            .send()
-            .await
-            .map_err(|e| self.error("CreateMultipartUpload", Some(key), e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        if upload_id.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::Permanent,
-                format!(
-                    "S3 CreateMultipartUpload of {object} in {} returned no upload id",
-                    self.place
-                ),
-            ));
-        }
-        // Whatever ends this upload early (an error, or the task being dropped),
-        // the parts already sent are discarded at the server.
-        let mut abort = AbortOnDrop {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            object: object.clone(),
-            upload_id: Some(upload_id.clone()),
-        };
-        let part_size = self.part_size;
-        let count = size.div_ceil(part_size);
-        let path: Arc<PathBuf> = Arc::new(path.to_path_buf());
-        let parts: Result<Vec<CompletedPart>, StoreError> = stream::iter(0..count)
-            .map(|i| {
-                let offset = i * part_size;
-                let len = part_size.min(size - offset);
-                self.put_part(key, &path, &object, &upload_id, i as i32 + 1, offset, len)
-            })
-            .buffered(PART_CONCURRENCY)
-            .try_collect()
-            .await;
-        let done = match parts {
-            Ok(parts) => self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&object)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                // Completing a large upload can take the server a while.
-                .customize()
-                .config_override(self.upload_limits(size / 16))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| self.error("CompleteMultipartUpload", Some(key), e)),
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(()) => {
-                abort.upload_id = None;
-                Ok(())
-            }
-            Err(e) => {
-                abort.now().await;
-                Err(e)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn put_part(
-        &self,
-        key: &BlobKey,
-        path: &Arc<PathBuf>,
-        object: &str,
-        upload_id: &str,
-        number: i32,
-        offset: u64,
-        len: u64,
-    ) -> Result<CompletedPart, StoreError> {
-        let md5 = part_md5(key, path.clone(), offset, len).await?;
-        let body = file_body(key, path, offset, len).await?;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(object)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(len as i64)
-            .content_md5(base64_md5(&md5))
-            .body(body)
-            .customize()
-            .config_override(self.upload_limits(len))
-            .send()
-            .await
-            .map_err(|e| self.error("UploadPart", Some(key), e))?;
-        Ok(CompletedPart::builder()
-            .part_number(number)
-            .set_e_tag(out.e_tag().map(str::to_string))
-            .build())
-    }
-}
-
-/// Sends AbortMultipartUpload for an upload that did not complete.
-struct AbortOnDrop {
-    client: Client,
-    bucket: String,
-    object: String,
-    upload_id: Option<String>,
-}
-
-impl AbortOnDrop {
-    fn request(&self, upload_id: String) -> impl Future<Output = ()> + Send + 'static {
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.object)
-            .upload_id(&upload_id);
-        let object = self.object.clone();
-        async move {
-            match req.send().await {
-                Ok(_) => tracing::info!(%object, %upload_id, "aborted an unfinished multipart upload"),
-                Err(e) => tracing::warn!(
-                    %object, %upload_id, error = %crate::error_chain(&e),
-                    "could not abort an unfinished multipart upload; a bucket lifecycle rule will have to"
-                ),
-            }
-        }
-    }
-
-    async fn now(&mut self) {
-        if let Some(id) = self.upload_id.take() {
-            self.request(id).await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(id) = self.upload_id.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(self.request(id));
-        }
-    }
-}
-
-fn base64_md5(digest: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(digest)
-}
-
-/// A retryable request body: a byte range of a local file.
-async fn file_body(key: &BlobKey, path: &Path, offset: u64, len: u64) -> Result<SdkByteStream, StoreError> {
-    SdkByteStream::read_from()
-        .path(path)
-        .offset(offset)
-        .length(Length::Exact(len))
-        .build()
-        .await
-        .map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Permanent,
-                format!("cannot read the spool file of {key} for upload"),
-            )
-            .with_source(e)
-        })
-}
-
-/// The MD5 of a byte range of a file, hashed on a blocking thread.
-async fn part_md5(key: &BlobKey, path: Arc<PathBuf>, offset: u64, len: u64) -> Result<[u8; 16], StoreError> {
-    use md5::{Digest, Md5};
-    use std::io::{Read, Seek, SeekFrom};
-    let key = *key;
-    tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 16]> {
-        let mut file = std::fs::File::open(path.as_path())?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut reader = file.take(len);
-        let mut hasher = Md5::new();
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finalize().into())
-    })
-    .await
-    .map_err(|e| StoreError::new(StoreErrorKind::Permanent, "part hash task failed").with_source(e))?
-    .map_err(|e| {
-        StoreError::new(
-            StoreErrorKind::Permanent,
-            format!("cannot read the spool file of {key} for upload"),
-        )
-        .with_source(e)
-    })
 }
 
 /// What an SDK error means for us.
@@ -527,11 +286,7 @@ impl Store for S3Store {
     }
 
     async fn put_file(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
-        if size > self.multipart_threshold {
-            self.put_multipart(key, path, size).await
-        } else {
-            self.put_single(key, path, size).await
-        }
+        self.upload(key, path, size).await
     }
 
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
@@ -585,12 +340,5 @@ mod tests {
         assert!(parse_url("s3://").is_err());
         assert!(parse_url("s3:///cache").is_err());
         assert!(parse_url("s3://Bad_Bucket").is_err());
-    }
-
-    #[test]
-    fn uploads_get_more_time_the_larger_they_are() {
-        let base = Duration::from_secs(10);
-        assert_eq!(upload_timeout(base, 0), base);
-        assert_eq!(upload_timeout(base, 64 << 20), Duration::from_secs(74));
     }
 }

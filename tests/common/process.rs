@@ -1,0 +1,94 @@
+//! The real binary as a child process, for tests that run it as an operator would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+/// Start `blobcache serve` on 127.0.0.1:0 and learn its port from its JSON log.
+pub fn start(data_dir: &std::path::Path) -> Server {
+    start_with(data_dir, &[], &[])
+}
+
+/// `start`, with more flags and environment variables.
+pub fn start_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobcache"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--disk-cache",
+            "256MiB",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited before listening").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if v["message"] == "blobcache listening" {
+            break v["addr"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Server {
+        child,
+        base: format!("http://{addr}"),
+        log,
+    }
+}
+
+impl Server {
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// SIGKILL: no shutdown code runs at all.
+    pub fn kill(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(mut self, signal: libc::c_int) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
