@@ -125,7 +125,7 @@ pub struct BlobService {
     config: ServiceConfig,
     fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
     /// Store lookups under way, shared by concurrent requests for one key.
-    heads: Mutex<HashMap<BlobKey, SharedHead>>,
+    heads: Arc<Mutex<HashMap<BlobKey, SharedHead>>>,
     completions: Completions,
     warmers: Semaphore,
     /// Spool bytes promised to uploads under way (see `write::Reservation`).
@@ -141,7 +141,7 @@ impl BlobService {
             replicator,
             config,
             fills: Mutex::default(),
-            heads: Mutex::default(),
+            heads: Arc::default(),
             completions: Completions::default(),
             spool_reserved: AtomicU64::new(0),
             warmers: Semaphore::new(2),
@@ -336,6 +336,9 @@ impl BlobService {
     }
 
     /// The store's size of a blob; concurrent lookups of one key share one request.
+    /// The request runs on a task of its own, which also retires it: a lookup
+    /// whose callers all left still finishes, so no later caller can pick up a
+    /// stale or half-done one.
     async fn head_shared(&self, key: &BlobKey) -> Result<u64, StoreError> {
         let lookup = {
             let mut heads = self.heads.lock().expect("heads lock");
@@ -344,18 +347,20 @@ impl BlobService {
                 .or_insert_with(|| {
                     let store = self.store.clone();
                     let key = *key;
-                    async move { store.head(&key).await.map_err(Arc::new) }.boxed().shared()
+                    let lookup = async move { store.head(&key).await.map_err(Arc::new) }.boxed().shared();
+                    let (runner, heads) = (lookup.clone(), self.heads.clone());
+                    tokio::spawn(async move {
+                        let _ = runner.clone().await;
+                        let mut heads = heads.lock().expect("heads lock");
+                        if heads.get(&key).is_some_and(|l| l.ptr_eq(&runner)) {
+                            heads.remove(&key);
+                        }
+                    });
+                    lookup
                 })
                 .clone()
         };
-        let result = lookup.clone().await;
-        {
-            let mut heads = self.heads.lock().expect("heads lock");
-            if heads.get(key).is_some_and(|l| l.ptr_eq(&lookup)) {
-                heads.remove(key);
-            }
-        }
-        result.map_err(|e| e.flattened())
+        lookup.await.map_err(|e| e.flattened())
     }
 
     /// Whether this node can find the blob, and its size. A store that cannot

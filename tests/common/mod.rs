@@ -92,14 +92,9 @@ impl TestApp {
         self.url(&format!("/blobs/{key}"))
     }
 
+    /// PUT `data` under its own MD5.
     pub async fn put(&self, data: &[u8]) -> reqwest::Response {
-        let key = BlobKey::of(data);
-        self.client
-            .put(self.blob_url(&key))
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("PUT")
+        self.put_as(&BlobKey::of(data), data).await
     }
 
     pub async fn get(&self, key: &BlobKey) -> reqwest::Response {
