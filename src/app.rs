@@ -1,56 +1,67 @@
 //! Builds the service from its configuration, runs it, and owns the shutdown order.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::blobs::{BlobService, ServiceConfig};
-use crate::cache::{BlobCache, CacheConfig};
+use crate::blobs::BlobService;
+use crate::cache::BlobCache;
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, HttpMetrics};
 use crate::replication::{Backoff, Replicator, Spool};
-use crate::store::{self, MeteredStore};
+use crate::store::{self, Breaker, Metered, Store};
+use crate::tombstones::Tombstones;
 
 /// A built node: every dependency opened, workers not yet started.
 pub struct App {
     config: Config,
     state: AppState,
-    cache: BlobCache,
-    replicator: Arc<Replicator>,
 }
 
 impl App {
     /// Open the store, the cache and the spool, so a bad configuration fails
     /// here rather than at the first request; queue what the spool still holds.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let raw_store = store::open(&config.store, &config.store_options)
+        let registry = prometheus::Registry::new();
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).with_context(|| format!("--data-dir {}", data.display()))?;
+        let raw_store = store::open(&config.store, data)
             .await
-            .with_context(|| format!("--store {}", config.store))?;
-        let metrics = crate::metrics::Metrics::new();
-        let store = Arc::new(MeteredStore::new(raw_store, Some(metrics.store_latency())));
-        let store_stats = store.stats().clone();
-        let spool_dir = config.data_dir.join("spool");
-        let (spool, pending) = Spool::open(&spool_dir)
+            .with_context(|| format!("--store {}", config.store.store))?;
+        let metered = Arc::new(Metered::new(raw_store, &registry));
+        let breaker = Breaker::new(metered.clone(), config.store.s3_timeout, &registry);
+        let chunk_size = config.cache.chunk_size.as_u64();
+        let spool_dir = data.join("spool");
+        let (spool, pending) = Spool::open(&spool_dir, chunk_size)
             .await
             .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+        let tombstones_path = data.join("tombstones.log");
+        let retention = config.tombstone_retention;
+        let tombstones = tokio::task::spawn_blocking(move || Tombstones::open(&tombstones_path, retention))
+            .await
+            .expect("tombstone task")
+            .with_context(|| format!("opening the tombstone log in {}", data.display()))?;
         // Before the cache opens, so a node that will not start leaves it untouched.
-        let cache_dir = config.data_dir.join("cache");
+        let cache_dir = data.join("cache");
         let had_cache = std::fs::read_dir(&cache_dir).is_ok_and(|mut d| d.next().is_some());
-        check_store_at_start(&*store, &config.store, had_cache || !pending.is_empty()).await?;
-        let cache = BlobCache::open(&CacheConfig {
-            dir: cache_dir,
-            memory_bytes: config.memory_cache.as_u64(),
-            disk_bytes: config.disk_cache.as_u64(),
-            chunk_size: config.chunk_size.as_u64(),
-            metrics: Some(metrics.registry().clone()),
-        })
-        .await
-        .context("opening the cache")?;
-        let replicator = Arc::new(Replicator::new(Arc::new(spool), store.clone(), Backoff::default()));
+        check_store_at_start(&*metered, &config.store.store, had_cache || !pending.is_empty()).await?;
+        let cache = BlobCache::open(&cache_dir, &config.cache, &registry)
+            .await
+            .context("opening the cache")?;
+        let spool = Arc::new(spool);
+        let store: Arc<dyn Store> = breaker.clone();
+        let replicator = Replicator::new(
+            spool.clone(),
+            store.clone(),
+            breaker.health(),
+            &config.replication,
+            Backoff::default(),
+            &registry,
+        );
         if !pending.is_empty() {
             let bytes: u64 = pending.iter().map(|p| p.size).sum();
             tracing::info!(blobs = pending.len(), bytes, "replaying blobs still pending upload");
@@ -61,30 +72,28 @@ impl App {
         let blobs = Arc::new(BlobService::new(
             cache.clone(),
             store,
+            spool,
             replicator.clone(),
-            ServiceConfig {
-                max_blob_size: config.max_blob_size.as_u64(),
-                write_mode: config.write_mode,
-                spool_size: config.spool_size.as_u64(),
-            },
+            Arc::new(tombstones),
+            config.blobs.clone(),
+            &registry,
         ));
         let state = AppState {
             blobs,
-            store_stats,
+            cache,
+            replicator,
+            store: breaker,
+            store_stats: metered,
             started: Instant::now(),
             shutting_down: CancellationToken::new(),
             readiness: Arc::new(crate::http::admin::Readiness::new(
-                std::time::Duration::from_secs(1),
-                std::time::Duration::from_secs(2),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
             )),
-            metrics,
+            http_metrics: HttpMetrics::new(&registry),
+            registry,
         };
-        Ok(App {
-            config,
-            state,
-            cache,
-            replicator,
-        })
+        Ok(App { config, state })
     }
 
     pub fn state(&self) -> &AppState {
@@ -93,28 +102,26 @@ impl App {
 
     /// Serve on `listener` until `shutdown` resolves, then stop in order: stop
     /// accepting, drain requests (bounded by the grace period), let uploads
-    /// drain within the same grace, stop the workers, close the cache.
+    /// drain within the same grace (not at all while the store is failing:
+    /// pending blobs are safe in the spool), stop the workers, close the cache.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let App {
-            config,
-            state,
-            cache,
-            replicator,
-        } = self;
+        let App { config, state } = self;
+        let (cache, replicator) = (state.cache.clone(), state.replicator.clone());
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
-        for _ in 0..config.upload_concurrency {
+        for _ in 0..config.replication.upload_concurrency {
             workers.spawn(replicator.clone().run_worker(stop_workers.clone()));
         }
+        workers.spawn(recover_store(state.store.clone(), stop_workers.clone()));
         workers.close();
 
         let shutting_down = state.shutting_down.clone();
         let grace = config.shutdown_grace;
-        tracing::info!(addr = %listener.local_addr()?, store = %config.store, write_mode = ?config.write_mode, "blobcache listening");
+        tracing::info!(addr = %listener.local_addr()?, store = %config.store.store, write_mode = ?config.blobs.write_mode, "blobcache listening");
         let app = http::router(state);
         let signal = shutting_down.clone();
         tokio::spawn(async move {
@@ -154,13 +161,36 @@ impl App {
     }
 }
 
+/// Clean up what an earlier run left unfinished in the store (multipart
+/// uploads a crash cut short), as soon as the store answers.
+async fn recover_store(store: Arc<Breaker>, stop: CancellationToken) {
+    let mut health = store.health();
+    loop {
+        match store.recover().await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %crate::error_chain(&e), "store clean-up postponed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "could not clean up what an earlier run left in the store");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = health.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
 /// One request to the store before serving. A store that refuses us, or a
 /// bucket that does not exist, is a configuration error: stop with one line
 /// that names it. A store that cannot be reached stops a node that has nothing
 /// to serve (on a first start that is most often a wrong endpoint); a node with
 /// a cache or pending uploads from an earlier run starts anyway, serves what it
 /// has and reports not ready on /readyz until the store answers.
-async fn check_store_at_start(store: &dyn store::Store, url: &str, has_data: bool) -> anyhow::Result<()> {
+async fn check_store_at_start(store: &dyn Store, url: &str, has_data: bool) -> anyhow::Result<()> {
     let Err(e) = store.probe().await else {
         return Ok(());
     };

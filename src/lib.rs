@@ -1,17 +1,24 @@
 //! blobcache: a read-through HTTP blob cache, addressed by MD5, in front of object storage.
 //!
 //! - [`key`]: `BlobKey`, parsed at the boundary.
-//! - [`http`]: routes, handlers, error mapping.
-//! - [`blobs`]: `BlobService`, the read-through / write-back logic.
+//! - [`http`]: routes, handlers, error mapping, HTTP metrics.
+//! - [`blobs`]: `BlobService`: the lookup chain, reads and fills, ingest, DELETE.
 //! - [`cache`]: the foyer hybrid cache of chunks (the only user of foyer).
-//! - [`store`]: the persistent store trait and its backends.
+//! - [`chunks`]: chunk arithmetic and the per-chunk digest.
+//! - [`store`]: the persistent store trait, its backends, its metrics and circuit breaker.
 //! - [`replication`]: the durable spool and the upload workers.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`tombstones`]: the durable record of deletions.
+//! - [`metrics`]: the registry every module registers its own metrics in.
 //! - [`config`], [`app`]: configuration, start-up and shutdown.
+//!
+//! Dependencies point one way: `app` and `config` at everything; `http` at
+//! `blobs`; `blobs` at `cache`, `replication`, `store`, `tombstones`;
+//! `replication` at `store`; every module at `key`, `chunks`, `metrics`.
 
 pub mod app;
 pub mod blobs;
 pub mod cache;
+pub mod chunks;
 pub mod config;
 mod fsutil;
 pub mod http;
@@ -19,6 +26,8 @@ pub mod key;
 pub mod metrics;
 pub mod replication;
 pub mod store;
+pub mod tombstones;
+mod units;
 
 /// An error and its causes on one line: `outer: inner: root`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

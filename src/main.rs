@@ -1,12 +1,20 @@
 use anyhow::Context;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use blobcache::config::{Cli, Command, Config, LogFormat};
 
 fn main() -> std::process::ExitCode {
     tame_malloc();
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_file(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(usage) => usage.exit(),
+            Err(e) => {
+                eprintln!("blobcache: error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,7 +14,7 @@ async fn assert_nothing_stored(app: &TestApp, key: &BlobKey) {
     assert_error(app.get(key).await, 404, "not_found").await;
     assert!(app.store_files().is_empty(), "store: {:?}", app.store_files());
     assert!(app.spool_files().is_empty(), "spool: {:?}", app.spool_files());
-    assert!(app.state.blobs.cache().meta(key).await.is_none(), "no cache entry");
+    assert!(!app.is_cached(key).await, "no cache entry");
 }
 
 #[tokio::test]
@@ -102,7 +102,7 @@ async fn malformed_keys_routes_and_methods() {
 #[tokio::test]
 async fn oversized_uploads_are_refused_declared_or_streamed() {
     let mut settings = common::test_settings();
-    settings.max_blob_size = Some(ByteSize::mib(1));
+    settings.blobs.max_blob_size = Some(ByteSize::mib(1));
     let app = TestApp::spawn_with(settings).await;
     let body = data(2 << 20, 3);
     let key = BlobKey::of(&body);

@@ -67,23 +67,23 @@ async fn ranges_on_a_cold_blob_read_only_their_chunks() {
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.headers()["x-cache"], "miss");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[CHUNK + 10..CHUNK + 20]);
-    assert_eq!(app.store_gets(), 1);
-    assert_eq!(app.store_bytes_read(), CHUNK as u64);
+    assert_eq!(app.store_gets().await, 1);
+    assert_eq!(app.store_bytes_read().await, CHUNK as u64);
 
     // The same chunk again: no store read.
     let resp = app.get_range(&key, &format!("bytes={}-{}", CHUNK, CHUNK + 99)).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[CHUNK..CHUNK + 100]);
-    assert_eq!(app.store_gets(), 1);
+    assert_eq!(app.store_gets().await, 1);
 
     // A full GET fills the rest: three more chunks, then it is a hit.
     let got = app.get(&key).await.bytes().await.unwrap();
     assert!(got.as_ref() == body.as_slice());
-    assert_eq!(app.store_gets(), 4);
-    assert_eq!(app.store_bytes_read(), body.len() as u64);
+    assert_eq!(app.store_gets().await, 4);
+    assert_eq!(app.store_bytes_read().await, body.len() as u64);
     assert_eq!(app.get(&key).await.headers()["x-cache"], "hit");
 
     check_ranges(&app, &key, &body, "after fill").await;
-    assert_eq!(app.store_gets(), 4, "ranges of a filled blob read nothing more");
+    assert_eq!(app.store_gets().await, 4, "ranges of a filled blob read nothing more");
 }
 
 #[tokio::test]

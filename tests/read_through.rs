@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use blobcache::key::BlobKey;
 use common::{CHUNK, TestApp, data};
 use futures::StreamExt;
@@ -20,23 +18,23 @@ async fn concurrent_cold_gets_share_one_store_read() {
     for got in futures::future::join_all(gets).await {
         assert!(got.as_ref() == small.as_slice());
     }
-    assert_eq!(app.store_gets(), 1, "one store read for 32 cold GETs");
+    assert_eq!(app.store_gets().await, 1, "one store read for 32 cold GETs");
 
     // 3.5 chunks: one read per chunk, and every byte read once.
     let big = data(CHUNK * 7 / 2, 2);
     let key = app.seed_store(&big);
-    let before = (app.store_gets(), app.store_bytes_read());
+    let before = (app.store_gets().await, app.store_bytes_read().await);
     let gets = (0..32).map(|_| async { app.get(&key).await.bytes().await.unwrap() });
     for got in futures::future::join_all(gets).await {
         assert!(got.as_ref() == big.as_slice());
     }
-    assert_eq!(app.store_gets() - before.0, 4, "one store read per chunk");
+    assert_eq!(app.store_gets().await - before.0, 4, "one store read per chunk");
     assert_eq!(
-        app.store_bytes_read() - before.1,
+        app.store_bytes_read().await - before.1,
         big.len() as u64,
         "each byte read from the store once"
     );
-    let fills = app.state.blobs.stats().fills.load(Ordering::Relaxed);
+    let fills = app.stat("metrics.fills").await;
     assert_eq!(fills, 2, "one fill per blob");
 }
 
@@ -55,7 +53,7 @@ async fn a_client_that_leaves_does_not_stop_the_fill_for_others() {
 
     let got = app.get(&key).await.bytes().await.unwrap();
     assert!(got.as_ref() == body.as_slice());
-    assert_eq!(app.store_gets(), 3, "the fill went on; nothing was read twice");
+    assert_eq!(app.store_gets().await, 3, "the fill went on; nothing was read twice");
 }
 
 #[tokio::test]
@@ -82,16 +80,13 @@ async fn a_store_object_that_does_not_match_its_key_is_never_served_whole() {
                     "{label} attempt {attempt}: a damaged blob must not complete as a 200"
                 );
             }
-            assert!(
-                app.state.blobs.cache().meta(&key).await.is_none(),
-                "{label}: not cached as complete"
-            );
+            assert!(!app.is_cached(&key).await, "{label}: not cached as complete");
             let again = app.get(&key).await;
             if len >= CHUNK {
                 assert_eq!(again.headers()["x-cache"], "miss", "{label}: still a miss");
             }
         }
-        let failures = app.state.blobs.stats().integrity_failures.load(Ordering::Relaxed);
+        let failures = app.stat("metrics.integrity_failures").await;
         assert!(failures >= 2, "{label}: counted ({failures})");
 
         // A range can still be served (it cannot be checked against the whole-blob MD5).
@@ -119,7 +114,7 @@ async fn the_disk_cache_survives_a_clean_restart() {
     app.replicated().await;
     common::eventually_async("new blobs to be cached", || async {
         for b in &blobs {
-            if app.state.blobs.cache().meta(&BlobKey::of(b)).await.is_none() {
+            if !app.is_cached(&BlobKey::of(b)).await {
                 return false;
             }
         }
@@ -136,8 +131,8 @@ async fn the_disk_cache_survives_a_clean_restart() {
         assert_eq!(resp.headers()["x-cache"], "hit", "cached before the restart");
         assert!(resp.bytes().await.unwrap().as_ref() == b.as_slice());
     }
-    assert_eq!(app.store_gets(), 0, "no store reads after the restart");
-    assert_eq!(app.store_bytes_read(), 0);
+    assert_eq!(app.store_gets().await, 0, "no store reads after the restart");
+    assert_eq!(app.store_bytes_read().await, 0);
 }
 
 #[tokio::test]

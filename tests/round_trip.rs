@@ -56,7 +56,7 @@ async fn put_then_get_every_size() {
     app.replicated().await;
     assert_eq!(app.store_files().len(), SIZES.len(), "every blob reached the store");
     assert!(app.spool_files().is_empty(), "the spool is empty once replicated");
-    assert_eq!(app.store_gets(), 0, "nothing was read back from the store");
+    assert_eq!(app.store_gets().await, 0, "nothing was read back from the store");
 }
 
 #[tokio::test]
@@ -73,13 +73,13 @@ async fn read_through_every_size_from_the_store() {
         let got = resp.bytes().await.unwrap();
         assert!(got.as_ref() == body.as_slice(), "{name}: cold bytes differ");
 
-        let reads_before = app.store_gets();
+        let reads_before = app.store_gets().await;
         let resp = app.get(&key).await;
         assert_eq!(resp.headers()["x-cache"], "hit", "{name}: second GET is a hit");
         let got = resp.bytes().await.unwrap();
         assert!(got.as_ref() == body.as_slice(), "{name}: warm bytes differ");
         assert_eq!(
-            app.store_gets(),
+            app.store_gets().await,
             reads_before,
             "{name}: a hit reads nothing from the store"
         );
@@ -104,8 +104,7 @@ async fn existing_blob_put_is_200_and_post_computes_the_key() {
     assert_eq!(resp.status(), 200);
     let resp = app.post_to("/blobs", &body).await;
     assert_eq!(resp.status(), 200);
-    let stats = app.state.blobs.stats();
-    assert_eq!(stats.puts_created.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(app.stat("metrics.puts_created").await, 1);
 
     // Upper-case keys are the same blob.
     let upper = app
@@ -121,7 +120,7 @@ async fn existing_blob_put_is_200_and_post_computes_the_key() {
 #[tokio::test]
 async fn write_through_answers_after_the_store_has_it() {
     let mut settings = common::test_settings();
-    settings.write_mode = Some(blobcache::blobs::WriteMode::Through);
+    settings.blobs.write_mode = Some(blobcache::blobs::WriteMode::Through);
     let app = TestApp::spawn_with(settings).await;
     let body = data(CHUNK + 5, 9);
     let key = BlobKey::of(&body);

@@ -108,8 +108,8 @@ async fn objects_written_by_another_tool_are_served() {
 async fn large_blobs_go_up_in_parts_each_checked() {
     let s3 = S3Server::start().await;
     let mut settings = node_settings(&s3);
-    settings.s3_multipart_threshold = Some(ByteSize::mib(5));
-    settings.s3_part_size = Some(ByteSize::mib(5));
+    settings.store.s3_multipart_threshold = Some(ByteSize::mib(5));
+    settings.store.s3_part_size = Some(ByteSize::mib(5));
     let a = TestApp::spawn_with(settings).await;
     let bytes = data(12 * 1024 * 1024 + 7, 4);
     let key = BlobKey::of(&bytes);
@@ -148,8 +148,8 @@ async fn large_blobs_go_up_in_parts_each_checked() {
 async fn a_failed_multipart_upload_is_aborted_and_nothing_is_stored() {
     let s3 = S3Server::start().await;
     let mut settings = node_settings(&s3);
-    settings.s3_multipart_threshold = Some(ByteSize::mib(5));
-    settings.s3_part_size = Some(ByteSize::mib(5));
+    settings.store.s3_multipart_threshold = Some(ByteSize::mib(5));
+    settings.store.s3_part_size = Some(ByteSize::mib(5));
     let a = TestApp::spawn_with(settings).await;
     let bytes = data(11 * 1024 * 1024, 5);
     let key = BlobKey::of(&bytes);
@@ -252,10 +252,7 @@ async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
     s3.stall_reads_of(&key, 512 * 1024);
     // No chunk can be complete, yet every client already has bytes.
     let clients = readers_with_first_bytes(&a, &key, 8, 512 * 1024).await;
-    assert_eq!(
-        a.state.blobs.stats().fills.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(a.stat("metrics.fills").await, 1);
     s3.release();
     for c in clients {
         assert!(c.await.unwrap().expect("a whole body") == bytes);
@@ -286,15 +283,8 @@ async fn an_object_that_does_not_match_its_key_is_never_served_whole_nor_cached(
             resp => assert_eq!(resp.status(), 502),
         }
     }
-    assert!(a.state.blobs.cache().meta(&key).await.is_none(), "not cached");
-    assert!(
-        a.state
-            .blobs
-            .stats()
-            .integrity_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(!a.is_cached(&key).await, "not cached");
+    assert!(a.stat("metrics.integrity_failures").await >= 1);
     let metrics = a
         .client
         .get(a.url("/metrics"))

@@ -7,11 +7,10 @@ mod s3_nodes;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blobcache::key::BlobKey;
-use common::{CHUNK, TestApp, assert_error, data, eventually};
+use common::{CHUNK, TestApp, assert_error, data, eventually, eventually_async};
 use s3_nodes::*;
 use s3_server::{Fault, S3Server};
 
@@ -28,7 +27,7 @@ async fn s3_dying_mid_read_cuts_the_responses_and_caches_nothing() {
         let got = c.await.unwrap().expect_err("the response breaks off");
         assert!(got.len() < bytes.len());
     }
-    assert!(a.state.blobs.cache().meta(&key).await.is_none(), "not cached");
+    assert!(!a.is_cached(&key).await, "not cached");
     s3.heal();
     s3.restart().await;
     let resp = a.get(&key).await;
@@ -78,6 +77,9 @@ async fn s3_failures_map_to_statuses_a_user_can_act_on() {
         (Fault::Error(403, "AccessDenied"), 502, "store_denied"),
     ];
     for (fault, status, code) in cases {
+        // Each case starts with a store the node believes in (failures open its circuit).
+        s3.heal();
+        a.store_answers().await;
         // A GET looks up the size (HeadObject), then reads (GetObject): each can fail.
         s3.fail(|m, _| m == http::Method::GET, fault);
         assert_error(a.get(&key).await, status, code).await;
@@ -87,9 +89,12 @@ async fn s3_failures_map_to_statuses_a_user_can_act_on() {
         assert_error(a.get_range(&key, "bytes=0-9").await, status, code).await;
     }
     // The size is known but the ranged read fails: still an error status, not a broken 206.
+    s3.heal();
+    a.store_answers().await;
     s3.fail(|m, _| m == http::Method::GET, Fault::Error(500, "InternalError"));
     assert_error(a.get_range(&key, "bytes=0-9").await, 503, "store_unavailable").await;
     s3.heal();
+    a.store_answers().await;
     assert_eq!(a.get(&key).await.status(), 200);
 }
 
@@ -97,18 +102,32 @@ async fn s3_failures_map_to_statuses_a_user_can_act_on() {
 async fn a_silent_server_is_a_503_not_a_hang() {
     let s3 = S3Server::start().await;
     let mut settings = node_settings(&s3);
-    settings.s3_timeout = Some(Duration::from_millis(300));
+    settings.store.s3_timeout = Some(Duration::from_millis(300));
     let a = TestApp::spawn_with(settings).await;
     let key = s3.put_object(&data(500, 12)).await;
     s3.fail(|_, _| true, Fault::Hang);
     let started = Instant::now();
     assert_error(a.get(&key).await, 503, "store_unavailable").await;
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the timeout and retries, took {:?}",
+        started.elapsed() < Duration::from_millis(1500),
+        "bounded by --s3-timeout, retries included, took {:?}",
         started.elapsed()
     );
+    // The store is now known to be failing: the next requests do not wait for it.
+    let other = BlobKey::of(b"never stored");
+    let started = Instant::now();
+    assert_error(a.get(&other).await, 503, "store_unavailable").await;
+    let head = a.client.head(a.blob_url(&key)).send().await.unwrap();
+    assert_eq!(head.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "failed fast, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.stats().await["store"]["circuit"], "open");
+    // Once a probe gets an answer, requests reach the store again.
     s3.heal();
+    a.store_answers().await;
     assert_eq!(a.get(&key).await.status(), 200);
 }
 
@@ -127,7 +146,7 @@ async fn uploads_wait_out_an_s3_outage() {
         s3.requests().iter().any(|s| s.method == "PUT" && s.status == 503)
     })
     .await;
-    assert_eq!(a.pending_blobs(), 5);
+    assert_eq!(a.pending_blobs().await, 5);
     s3.heal();
     a.replicated().await;
     for b in &blobs {
@@ -145,17 +164,16 @@ async fn a_delete_during_an_upload_waits_for_it_so_the_blob_cannot_come_back() {
     let object = S3Server::object_path(&key);
     s3.fail(move |m, u| m == http::Method::PUT && u.path() == object, Fault::Hold);
     assert_eq!(a.put(&bytes).await.status(), 201);
-    let replicator = a.state.blobs.replicator().clone();
     eventually("the upload to start", || {
-        replicator.stats().attempts.load(Ordering::Relaxed) >= 1
+        s3.requests().iter().any(|s| s.method == "PUT") || s3.held() > 0
     })
     .await;
 
     let client = a.client.clone();
     let url = a.blob_url(&key);
     let delete = tokio::spawn(async move { client.delete(url).send().await.unwrap().status() });
-    eventually("the DELETE to reach the node", || {
-        a.state.blobs.stats().invalidations.load(Ordering::Relaxed) >= 1
+    eventually_async("the DELETE to reach the node", || async {
+        a.stat("metrics.invalidations").await >= 1
     })
     .await;
     // The upload that was under way now lands in the bucket...
@@ -175,7 +193,7 @@ async fn a_delete_during_an_upload_waits_for_it_so_the_blob_cannot_come_back() {
     assert!(put < first_delete, "no delete ran before the upload ended: {log:?}");
     assert!(s3.object(&key).await.is_none(), "the blob is not in the bucket");
     assert_error(a.get(&key).await, 404, "not_found").await;
-    assert_eq!(a.pending_blobs(), 0);
+    assert_eq!(a.pending_blobs().await, 0);
 }
 
 #[tokio::test]
@@ -183,17 +201,17 @@ async fn start_up_names_what_is_wrong_with_the_store() {
     let s3 = S3Server::start().await;
 
     let mut settings = node_settings(&s3);
-    settings.store = Some("s3://no-such-bucket".into());
+    settings.store.store = Some("s3://no-such-bucket".into());
     let e = start_error(settings).await;
     assert!(e.contains("does not exist"), "{e}");
 
     let mut settings = node_settings(&s3);
-    settings.s3_secret_access_key = Some("wrong".into());
+    settings.store.s3_secret_access_key = Some("wrong".into());
     let e = start_error(settings).await;
     assert!(e.contains("refused access"), "{e}");
 
     let mut settings = node_settings(&s3);
-    settings.s3_endpoint = Some("http://127.0.0.1:9".into());
+    settings.store.s3_endpoint = Some("http://127.0.0.1:9".into());
     let e = start_error(settings).await;
     assert!(e.contains("cannot be reached") && e.contains("127.0.0.1:9"), "{e}");
 

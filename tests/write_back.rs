@@ -18,11 +18,12 @@ async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {
     for b in &blobs {
         assert_eq!(app.put(b).await.status(), 201, "acknowledged while the store is down");
     }
-    common::eventually("failed upload attempts", || {
-        app.state.blobs.replicator().snapshot().upload_failures >= 100
+    // The failures open the store's circuit: the uploaders wait for it rather than spin.
+    common::eventually_async("the store to be known failing", || async {
+        app.stats().await["store"]["circuit"] == "open"
     })
     .await;
-    assert_eq!(app.pending_blobs(), 100);
+    assert_eq!(app.pending_blobs().await, 100);
     // Readable meanwhile, from this node.
     for b in &blobs {
         let resp = app.get(&BlobKey::of(b)).await;
@@ -32,7 +33,8 @@ async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {
 
     // A clean stop with the store still down: the blobs stay pending on disk.
     let dir = app.stop().await;
-    assert_eq!(common::files_under(&dir.path().join("spool/pending")).len(), 100);
+    let pending = common::files_under(&dir.path().join("spool/pending"));
+    assert_eq!(pending.iter().filter(|p| p.extension().is_none()).count(), 100);
 
     // The store comes back; the next start replays the queue.
     mend_store(&dir.path().join("store"));
@@ -55,8 +57,8 @@ async fn uploads_are_retried_until_the_store_takes_them() {
     let body = data(300_000, 60);
     let key = BlobKey::of(&body);
     assert_eq!(app.put(&body).await.status(), 201);
-    common::eventually("a failed attempt", || {
-        app.state.blobs.replicator().snapshot().upload_failures >= 1
+    common::eventually_async("a failed attempt", || async {
+        app.stat("replication.upload_failures").await >= 1
     })
     .await;
     mend_store(&app.store_dir());
@@ -68,8 +70,8 @@ async fn uploads_are_retried_until_the_store_takes_them() {
 #[tokio::test]
 async fn a_full_spool_refuses_new_blobs_and_keeps_the_old_ones() {
     let mut settings = common::test_settings();
-    settings.spool_size = Some(bytesize::ByteSize::kib(1000));
-    settings.max_blob_size = Some(bytesize::ByteSize::kib(1000));
+    settings.replication.spool_size = Some(bytesize::ByteSize::kib(1000));
+    settings.blobs.max_blob_size = Some(bytesize::ByteSize::kib(1000));
     let app = TestApp::spawn_with(settings).await;
     break_store(&app.store_dir());
 
@@ -120,7 +122,7 @@ async fn a_put_can_ask_to_be_answered_only_once_stored() {
     let resp = put().send().await.unwrap();
     common::assert_error(resp, 503, "store_unavailable").await;
     assert!(app.spool_files().is_empty(), "nothing half-stored");
-    assert_eq!(app.pending_blobs(), 0);
+    assert_eq!(app.pending_blobs().await, 0);
 
     mend_store(&app.store_dir());
     assert_eq!(put().send().await.unwrap().status(), 201);
@@ -197,8 +199,8 @@ async fn delete_of_a_pending_blob_cancels_its_upload() {
     let body = data(400_000, 99);
     let key = BlobKey::of(&body);
     assert_eq!(app.put(&body).await.status(), 201);
-    common::eventually("a failed attempt", || {
-        app.state.blobs.replicator().snapshot().upload_failures >= 1
+    common::eventually_async("a failed attempt", || async {
+        app.stat("replication.upload_failures").await >= 1
     })
     .await;
 
@@ -206,7 +208,7 @@ async fn delete_of_a_pending_blob_cancels_its_upload() {
         app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),
         204
     );
-    assert_eq!(app.pending_blobs(), 0, "no longer queued");
+    assert_eq!(app.pending_blobs().await, 0, "no longer queued");
     assert!(app.spool_files().is_empty(), "the spool file is gone");
     assert_eq!(app.get(&key).await.status(), 404);
 
@@ -217,5 +219,5 @@ async fn delete_of_a_pending_blob_cancels_its_upload() {
     app.replicated().await;
     assert!(app.store_path(&BlobKey::of(&other)).exists());
     assert!(!app.store_path(&key).exists(), "a deleted blob never reaches the store");
-    assert_eq!(app.state.blobs.replicator().snapshot().pending_bytes, 0);
+    assert_eq!(app.stat("replication.pending_bytes").await, 0);
 }

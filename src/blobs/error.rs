@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cache::{CacheError, FetchError};
 use crate::key::BlobKey;
+use crate::replication::{SpoolError, SpoolFull, UploadError};
 use crate::store::StoreError;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +28,10 @@ pub enum BlobError {
     Integrity { key: BlobKey, actual: BlobKey },
     #[error("the store's copy of {key} is shorter than expected")]
     ShortRead { key: BlobKey },
+    #[error("chunk {chunk} of {key}, read again, does not match the digest recorded when the blob was verified")]
+    ChunkIntegrity { key: BlobKey, chunk: u32 },
+    #[error(transparent)]
+    Spool(SpoolError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -48,11 +53,36 @@ impl BlobError {
         move |source| BlobError::Io { context, source }
     }
 
+    /// Whether the error says this node's disk is full.
+    pub fn is_no_space(&self) -> bool {
+        match self.root() {
+            BlobError::Io { source, .. } | BlobError::Spool(SpoolError::Io(source)) => {
+                crate::fsutil::is_no_space(source)
+            }
+            _ => false,
+        }
+    }
+
     /// The error behind any sharing wrapper.
     pub fn root(&self) -> &BlobError {
         match self {
             BlobError::Shared(inner) => inner.root(),
             other => other,
+        }
+    }
+}
+
+impl From<SpoolFull> for BlobError {
+    fn from(e: SpoolFull) -> Self {
+        BlobError::SpoolFull { limit: e.limit }
+    }
+}
+
+impl From<UploadError> for BlobError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Store(s) => BlobError::Store(s),
+            UploadError::Spool(s) => BlobError::Spool(s),
         }
     }
 }

@@ -1,9 +1,12 @@
-//! Cold full reads: one shared, verified fill per blob; and the revocable
-//! completions that let DELETE win over a fill or a warm still under way.
+//! Cold full reads: one shared, verified fill per blob. The fill reads the
+//! store chunk by chunk (a few ahead), hashes and caches each chunk, and hands
+//! its bytes to every waiting reader as they arrive; the last chunk is released
+//! only once the whole blob matched its key, and the digest of every chunk is
+//! recorded with the blob's metadata then.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -11,54 +14,11 @@ use futures::stream;
 use md5::{Digest, Md5};
 use tokio::sync::watch;
 
-use super::{BlobError, BlobService, BodyStream, READAHEAD};
-use crate::cache::{BlobCache, BlobMeta, chunks};
+use super::read::{Origin, Publish, READAHEAD, Reader};
+use super::{BlobError, BodyStream};
+use crate::cache::BlobMeta;
+use crate::chunks;
 use crate::key::BlobKey;
-
-/// Tasks that will mark a blob complete in the cache (a fill, a warm after a
-/// PUT). A DELETE revokes them, so a task that started before the DELETE
-/// cannot bring the blob back into the cache after it.
-#[derive(Debug, Default)]
-pub(super) struct Completions {
-    tokens: Mutex<HashMap<BlobKey, Vec<Arc<AtomicBool>>>>,
-}
-
-impl Completions {
-    pub(super) fn begin(&self, key: BlobKey) -> Arc<AtomicBool> {
-        let token = Arc::new(AtomicBool::new(false));
-        self.tokens
-            .lock()
-            .expect("completions lock")
-            .entry(key)
-            .or_default()
-            .push(token.clone());
-        token
-    }
-
-    /// Insert the metadata unless a DELETE revoked the token; forget the token either way.
-    pub(super) fn finish(&self, cache: &BlobCache, key: BlobKey, token: &Arc<AtomicBool>, meta: Option<BlobMeta>) {
-        let mut tokens = self.tokens.lock().expect("completions lock");
-        if let Some(meta) = meta
-            && !token.load(Ordering::Acquire)
-        {
-            // Under the lock: a DELETE either revokes before this, or removes the entry after it.
-            cache.insert_meta(&key, meta);
-        }
-        if let Some(list) = tokens.get_mut(&key) {
-            list.retain(|t| !Arc::ptr_eq(t, token));
-            if list.is_empty() {
-                tokens.remove(&key);
-            }
-        }
-    }
-
-    pub(super) fn revoke(&self, key: &BlobKey) {
-        let tokens = self.tokens.lock().expect("completions lock");
-        for t in tokens.get(key).into_iter().flatten() {
-            t.store(true, Ordering::Release);
-        }
-    }
-}
 
 /// The fill hands readers a chunk's bytes in batches of about this many, as
 /// they arrive from the store, so the first byte goes out long before the
@@ -109,42 +69,48 @@ enum Step {
 
 /// Removes a fill from the map of fills under way when dropped.
 struct FillEntry {
-    svc: Arc<BlobService>,
+    reader: Arc<Reader>,
     key: BlobKey,
 }
 
 impl Drop for FillEntry {
     fn drop(&mut self) {
-        if let Ok(mut fills) = self.svc.fills.lock() {
+        if let Ok(mut fills) = self.reader.fills.lock() {
             fills.remove(&self.key);
         }
     }
 }
 
-impl BlobService {
+impl Reader {
     /// A full read of a blob that is only in the store: join (or start) its fill.
     pub(super) async fn read_through_full(self: &Arc<Self>, key: BlobKey, size: u64) -> Result<BodyStream, BlobError> {
         if size == 0 {
             // Nothing to stream, so the check must come before the answer.
             if key != BlobKey::EMPTY {
-                self.integrity_failure(key, BlobKey::EMPTY, 0);
+                self.mismatch(key, BlobKey::EMPTY, 0);
                 return Err(BlobError::Integrity {
                     key,
                     actual: BlobKey::EMPTY,
                 });
             }
-            self.cache.insert_meta(&key, BlobMeta { size: 0 });
+            let meta = BlobMeta {
+                size: 0,
+                verified_at: SystemTime::now(),
+                digests: Vec::new().into(),
+            };
+            self.parts.cache.insert_meta(&key, &meta);
             return Ok(stream::empty().boxed());
         }
         let rx = self.join_fill(key, size);
-        let n = chunks::count(size, self.chunk_size());
+        let n = chunks::count(size, self.parts.chunk_size());
         let svc = self.clone();
+        let origin = Origin::new(key, size, None, None);
         // Each reader keeps its own place: (chunk, offset in it). It streams a
         // chunk's bytes as they arrive, or from the cache once the chunk is
         // complete (a reader that fell behind). The last chunk waits for the
         // check of the whole blob, so a damaged blob never completes.
         let batches = stream::unfold((rx, 0u32, 0usize), move |(mut rx, i, offset)| {
-            let svc = svc.clone();
+            let (svc, origin) = (svc.clone(), origin.clone());
             async move {
                 if i >= n {
                     return None;
@@ -164,7 +130,7 @@ impl BlobService {
                 };
                 Some(match step {
                     Step::Fail(e) => (vec![Err(e)], (rx, n, 0)),
-                    Step::Cached => match svc.chunk(key, i, size).await {
+                    Step::Cached => match svc.chunk(&origin, i, None).await {
                         Ok(chunk) => (vec![Ok(chunk.slice(offset..))], (rx, i + 1, 0)),
                         Err(e) => (vec![Err(e)], (rx, n, 0)),
                     },
@@ -184,13 +150,13 @@ impl BlobService {
     fn join_fill(self: &Arc<Self>, key: BlobKey, size: u64) -> watch::Receiver<FillState> {
         let mut fills = self.fills.lock().expect("fills lock");
         if let Some(tx) = fills.get(&key) {
-            self.stats.coalesced_waiters.fetch_add(1, Ordering::Relaxed);
+            self.parts.stats.coalesced_waiters.inc();
             return tx.subscribe();
         }
         let tx = Arc::new(watch::Sender::new(FillState::default()));
         let rx = tx.subscribe();
         fills.insert(key, tx.clone());
-        self.stats.fills.fetch_add(1, Ordering::Relaxed);
+        self.parts.stats.fills.inc();
         // The fill runs on its own task: a client that leaves does not stop it for the others.
         tokio::spawn(self.clone().run_fill(key, size, tx));
         rx
@@ -199,21 +165,25 @@ impl BlobService {
     async fn run_fill(self: Arc<Self>, key: BlobKey, size: u64, tx: Arc<watch::Sender<FillState>>) {
         // However this task ends (a panic included), the blob leaves the map, so
         // the sender is dropped and no reader waits on a fill that is gone.
-        let registered = FillEntry { svc: self.clone(), key };
-        let token = self.completions.begin(key);
-        let n = chunks::count(size, self.chunk_size());
+        let registered = FillEntry {
+            reader: self.clone(),
+            key,
+        };
+        let token = self.parts.completions.begin(key);
+        let n = chunks::count(size, self.parts.chunk_size());
         let svc = self.clone();
+        let origin = Origin::new(key, size, None, None);
         let publisher = tx.clone();
         let mut parts = stream::iter(0..n)
             .map(move |i| {
-                let svc = svc.clone();
+                let (svc, origin) = (svc.clone(), origin.clone());
                 let tx = publisher.clone();
                 // Only the chunk readers are waiting for (the first one not done)
                 // is published, and only from its start: the others are read
                 // ahead in parallel and reach readers through the cache. That
                 // keeps at most one chunk's bytes held twice. Readers never see
                 // the last chunk before the check, so it is not published either.
-                let publish = (i + 1 < n).then(|| -> super::Publish {
+                let publish = (i + 1 < n).then(|| -> Publish {
                     let mut from_start = true;
                     Box::new(move |batch| {
                         if from_start {
@@ -227,16 +197,19 @@ impl BlobService {
                         }
                     })
                 });
-                async move { svc.chunk_publishing(key, i, size, publish).await }
+                async move { svc.chunk(&origin, i, publish).await }
             })
             .buffered(READAHEAD);
         let mut hasher = Md5::new();
+        let mut digests = Vec::with_capacity(n as usize);
         let mut result = Ok(());
         let mut done = 0u32;
         while let Some(part) = parts.next().await {
             match part {
                 Ok(bytes) => {
-                    hasher = hash_off_thread(hasher, bytes).await;
+                    let digest;
+                    (hasher, digest) = hash_off_thread(hasher, bytes).await;
+                    digests.push(digest);
                     // Readers still inside this chunk go on from the cache.
                     tx.send_modify(|s| {
                         s.arriving.remove(&done);
@@ -256,31 +229,35 @@ impl BlobService {
         if result.is_ok() {
             let actual = BlobKey::from_digest(hasher);
             if actual == key {
-                verified = Some(BlobMeta { size });
+                verified = Some(BlobMeta {
+                    size,
+                    verified_at: SystemTime::now(),
+                    digests: digests.into(),
+                });
             } else {
-                self.integrity_failure(key, actual, size);
+                self.mismatch(key, actual, size);
                 result = Err(BlobError::Integrity { key, actual });
             }
         } else if let Err(e) = &result {
             tracing::warn!(%key, error = %crate::error_chain(e), "read-through of a blob failed");
         }
-        self.completions.finish(&self.cache, key, &token, verified);
+        self.parts.completions.finish(&self.parts.cache, key, &token, verified);
         drop(registered);
         tx.send_modify(|s| s.outcome = Some(result.map_err(Arc::new)));
     }
 
-    fn integrity_failure(&self, key: BlobKey, actual: BlobKey, size: u64) {
-        self.stats.integrity_failures.fetch_add(1, Ordering::Relaxed);
-        self.cache.remove_blob(&key, size);
-        tracing::error!(%key, %actual, size, "the store's copy of a blob does not match its key; not cached, response aborted");
+    fn mismatch(&self, key: BlobKey, actual: BlobKey, size: u64) {
+        let what = format!("the store's copy has MD5 {actual}; not cached, response aborted");
+        self.parts.integrity_failure(&key, size, &what);
     }
 }
 
-/// Hash on a blocking thread: MD5 runs at ~0.5 GB/s, too slow for the async workers.
-async fn hash_off_thread(mut hasher: Md5, bytes: Bytes) -> Md5 {
+/// Hash a chunk on a blocking thread (MD5 runs at ~0.5 GB/s, too slow for the
+/// async workers), and take its digest.
+async fn hash_off_thread(mut hasher: Md5, bytes: Bytes) -> (Md5, u64) {
     tokio::task::spawn_blocking(move || {
         hasher.update(&bytes);
-        hasher
+        (hasher, chunks::digest(&bytes))
     })
     .await
     .expect("hash task")

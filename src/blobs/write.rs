@@ -1,35 +1,27 @@
-//! The write path: stream to the spool while hashing, make it durable, hand it
-//! to the store, and copy it into the cache in the background.
+//! Ingest: stream an upload to the spool while hashing it (its MD5, and the
+//! digest of each chunk), make it durable, hand it to replication (queued, or
+//! uploaded before the answer for write-through), and copy it into the cache
+//! in the background.
 
+use std::hash::Hasher;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::error::BoxError;
-use super::{BlobError, BlobService, WriteMode, read_at};
-use crate::cache::{BlobMeta, chunks};
+use super::lookup::{Lookup, Reach};
+use super::{BlobConfig, BlobError, Parts, WriteMode};
+use crate::cache::BlobMeta;
+use crate::chunks;
 use crate::key::BlobKey;
+use crate::replication::SpoolBlob;
 
-/// Body frames queued between the network and the hashing writer thread.
+/// Body frames queued between the network and the hashing and writing threads.
 const WRITE_QUEUE: usize = 16;
-
-/// Spool bytes promised to one upload; given back when it ends (committed blobs
-/// are then counted by the pending queue).
-struct Reservation {
-    svc: Arc<BlobService>,
-    bytes: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.svc.spool_reserved.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
-}
 
 /// What a PUT asks for.
 #[derive(Debug, Default, Clone, Copy)]
@@ -54,29 +46,105 @@ pub struct PutOutcome {
     pub created: bool,
 }
 
-impl BlobService {
+/// The write side of the service.
+#[derive(Debug)]
+pub(super) struct Writer {
+    parts: Arc<Parts>,
+    lookup: Lookup,
+    config: BlobConfig,
+    /// Background copies of new blobs into the cache, at most two at a time.
+    warmers: Arc<Semaphore>,
+}
+
+/// MD5 of the whole body and the digest of each chunk, computed together on one thread.
+struct Hashes {
+    md5: Md5,
+    chunk: twox_hash::XxHash3_64,
+    in_chunk: u64,
+    chunk_size: u64,
+    digests: Vec<u64>,
+}
+
+impl Hashes {
+    fn new(chunk_size: u64) -> Self {
+        Hashes {
+            md5: Md5::new(),
+            chunk: twox_hash::XxHash3_64::default(),
+            in_chunk: 0,
+            chunk_size,
+            digests: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.md5.update(bytes);
+        while !bytes.is_empty() {
+            let take = bytes.len().min((self.chunk_size - self.in_chunk) as usize);
+            self.chunk.write(&bytes[..take]);
+            self.in_chunk += take as u64;
+            bytes = &bytes[take..];
+            if self.in_chunk == self.chunk_size {
+                self.digests.push(std::mem::take(&mut self.chunk).finish());
+                self.in_chunk = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> (BlobKey, Vec<u64>) {
+        if self.in_chunk > 0 {
+            self.digests.push(self.chunk.finish());
+        }
+        (BlobKey::from_digest(self.md5), self.digests)
+    }
+}
+
+impl Writer {
+    pub(super) fn new(parts: Arc<Parts>, lookup: Lookup, config: BlobConfig) -> Self {
+        Writer {
+            parts,
+            lookup,
+            config,
+            warmers: Arc::new(Semaphore::new(2)),
+        }
+    }
+
     /// Store a blob from a body stream, hashing it as it arrives.
-    pub async fn put<S, E>(self: &Arc<Self>, req: PutRequest, body: S) -> Result<PutOutcome, BlobError>
+    pub(super) async fn put<S, E>(&self, req: PutRequest, body: S) -> Result<PutOutcome, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<BoxError>,
     {
         let result = self.put_inner(req, body).await;
-        let counter = match &result {
-            Ok(o) if o.created => &self.stats.puts_created,
-            Ok(_) => &self.stats.puts_existing,
-            Err(_) => &self.stats.puts_rejected,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.parts.stats;
+        match &result {
+            Ok(o) if o.created => stats.puts_created.inc(),
+            Ok(_) => stats.puts_existing.inc(),
+            Err(_) => stats.puts_rejected.inc(),
+        }
         result
     }
 
-    async fn put_inner<S, E>(self: &Arc<Self>, req: PutRequest, mut body: S) -> Result<PutOutcome, BlobError>
+    /// Whether the blob is here already (immutable: same key, same bytes). A
+    /// write-back PUT asks only this node: it must never wait on the store,
+    /// and the uploader skips blobs the store already has.
+    async fn existing(&self, key: &BlobKey, write_through: bool) -> Result<Option<u64>, BlobError> {
+        let reach = if write_through { Reach::Everywhere } else { Reach::Local };
+        match self.lookup.find(key, reach).await {
+            Ok(found) => Ok(Some(found.size)),
+            Err(BlobError::NotFound) => Ok(None),
+            // A store that cannot be asked does not know better than the upload.
+            Err(BlobError::Store(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_inner<S, E>(&self, req: PutRequest, mut body: S) -> Result<PutOutcome, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<BoxError>,
     {
-        let limit = self.config.max_blob_size;
+        let limit = self.config.max_blob_size.as_u64();
+        let through = req.write_through || self.config.write_mode == WriteMode::Through;
         if req.declared_len.is_some_and(|n| n > limit) {
             return Err(BlobError::TooLarge { limit });
         }
@@ -84,8 +152,7 @@ impl BlobService {
             if let Some(header) = req.content_md5.filter(|h| *h != expected) {
                 return Err(BlobError::ContentMd5Mismatch { key: expected, header });
             }
-            if let Some(size) = self.existing_size(&expected).await {
-                // Immutable: same key, same bytes. Nothing to write, nothing to read.
+            if let Some(size) = self.existing(&expected, through).await? {
                 return Ok(PutOutcome {
                     md5: expected,
                     size,
@@ -95,25 +162,24 @@ impl BlobService {
         }
 
         // Never drop a write: refuse it up front when the spool cannot take it.
-        let mut reservation = Reservation {
-            svc: self.clone(),
-            bytes: 0,
-        };
+        let replicator = &self.parts.replicator;
+        let mut reservation = replicator.reservation();
         if let Some(n) = req.declared_len {
-            self.reserve(&mut reservation, n)?;
+            reservation.grow(n)?;
         }
-        let spool = self.replicator.spool().clone();
+        let spool = self.parts.spool.clone();
         let (writer, guard) = spool.temp_file().map_err(BlobError::io("create a spool file"))?;
         // Hashing and writing each run on a blocking thread of their own, in
         // parallel, while the body keeps flowing in.
         let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let chunk_size = self.parts.chunk_size();
         let hashing = tokio::task::spawn_blocking(move || {
-            let mut hasher = Md5::new();
+            let mut hashes = Hashes::new(chunk_size);
             while let Some(bytes) = hash_rx.blocking_recv() {
-                hasher.update(&bytes);
+                hashes.update(&bytes);
             }
-            hasher
+            hashes.finish()
         });
         let writing = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, std::fs::File)> {
             let mut writer = writer;
@@ -130,13 +196,12 @@ impl BlobService {
             frames += 1;
             let bytes = frame.map_err(|e| BlobError::UploadAborted(e.into()))?;
             received += bytes.len() as u64;
-            self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.parts.stats.bytes_in.inc_by(bytes.len() as u64);
             if received > limit {
                 return Err(BlobError::TooLarge { limit });
             }
-            if received > reservation.bytes {
-                let more = received - reservation.bytes;
-                self.reserve(&mut reservation, more)?;
+            if received > reservation.bytes() {
+                reservation.grow(received - reservation.bytes())?;
             }
             if hash_tx.send(bytes.clone()).await.is_err() || write_tx.send(bytes).await.is_err() {
                 break; // the writer failed: its error is reported below
@@ -148,9 +213,8 @@ impl BlobService {
             .await
             .expect("spool writer task")
             .map_err(BlobError::io("write the spool"))?;
-        let hasher = hashing.await.expect("hash task");
+        let (key, digests) = hashing.await.expect("hash task");
         tracing::debug!(size, frames, ?body_received, hashed = ?started.elapsed(), "upload received");
-        let key = BlobKey::from_digest(hasher);
         if let Some(expected) = req.expected
             && expected != key
         {
@@ -165,7 +229,7 @@ impl BlobService {
             });
         }
         if req.expected.is_none()
-            && let Some(size) = self.existing_size(&key).await
+            && let Some(size) = self.existing(&key, through).await?
         {
             return Ok(PutOutcome {
                 md5: key,
@@ -175,34 +239,27 @@ impl BlobService {
         }
 
         let since = SystemTime::now();
-        // The spool file was written with O_DIRECT; the cache warmer reads it through a plain handle.
-        let (path, file) = tokio::task::spawn_blocking(move || {
-            let path = spool.commit(guard, &file, &key)?;
-            let reader = std::fs::File::open(&path)?;
-            Ok::<_, std::io::Error>((path, reader))
+        // Opened right after the commit: the cache warm reads it even once an
+        // upload (write-through) has removed it from the spool.
+        let committed = tokio::task::spawn_blocking(move || {
+            spool.commit(guard, &file, &key, &digests)?;
+            Ok::<_, std::io::Error>(spool.open_blob(&key))
         })
         .await
         .expect("spool commit task")
         .map_err(BlobError::io("make the upload durable"))?;
-        let mode = if req.write_through {
-            WriteMode::Through
+        drop(reservation);
+        if through {
+            replicator.upload_now(key, size, since).await?;
         } else {
-            self.config.write_mode
-        };
-        match mode {
-            WriteMode::Back => self.replicator.enqueue(key, size, since),
-            WriteMode::Through => {
-                let stored = self.store.put_file(&key, &path, size).await;
-                let spool = self.replicator.spool().clone();
-                tokio::task::spawn_blocking(move || spool.remove_pending(&key))
-                    .await
-                    .expect("spool task")
-                    .map_err(BlobError::io("remove a replicated spool file"))?;
-                stored?;
-            }
+            replicator.enqueue(key, size, since);
         }
         tracing::debug!(%key, size, total = ?started.elapsed(), "upload stored");
-        self.warm(key, size, file);
+        match committed {
+            Ok(Some(blob)) => self.warm(blob),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%key, error = %crate::error_chain(&e), "could not cache a new blob"),
+        }
         Ok(PutOutcome {
             md5: key,
             size,
@@ -210,53 +267,47 @@ impl BlobService {
         })
     }
 
-    /// Promise `more` spool bytes to an upload, if the spool has room.
-    fn reserve(self: &Arc<Self>, r: &mut Reservation, more: u64) -> Result<(), BlobError> {
-        let limit = self.config.spool_size;
-        let before = self.spool_reserved.fetch_add(more, Ordering::SeqCst);
-        if self.replicator.pending_bytes() + before + more > limit {
-            self.spool_reserved.fetch_sub(more, Ordering::SeqCst);
-            return Err(BlobError::SpoolFull { limit });
-        }
-        r.bytes += more;
-        Ok(())
-    }
-
-    /// Copy a just-written blob into the cache, a chunk at a time, in the
-    /// background; its bytes were verified on the way in.
-    fn warm(self: &Arc<Self>, key: BlobKey, size: u64, file: std::fs::File) {
-        // A blob that would flush half the disk tier is not worth caching on write.
-        if size > self.cache.usage().disk_capacity_bytes / 2 {
+    /// Copy a just-written blob into the cache, a chunk at a time (each checked
+    /// against its digest), in the background.
+    fn warm(&self, blob: SpoolBlob) {
+        let parts = self.parts.clone();
+        let (key, size) = (blob.key, blob.size);
+        // A blob that would flush half the cache is not worth caching on write.
+        let usage = parts.cache.usage();
+        if size > usage.disk_capacity_bytes.max(usage.memory_capacity_bytes) / 2 {
             return;
         }
-        let svc = self.clone();
-        let token = self.completions.begin(key);
+        let token = parts.completions.begin(key);
+        let warmers = self.warmers.clone();
+        let blob = Arc::new(blob);
         tokio::spawn(async move {
-            let Ok(_permit) = svc.warmers.acquire().await else {
-                svc.completions.finish(&svc.cache, key, &token, None);
+            let Ok(_permit) = warmers.acquire().await else {
+                parts.completions.finish(&parts.cache, key, &token, None);
                 return;
             };
-            let cs = svc.chunk_size();
-            let file = Arc::new(file);
-            for i in 0..chunks::count(size, cs) {
-                if token.load(Ordering::Acquire) {
+            for i in 0..chunks::count(size, parts.chunk_size()) {
+                if token.revoked() {
                     break; // deleted meanwhile: stop copying
                 }
-                let f = file.clone();
-                let range = chunks::bounds(i, size, cs);
-                match tokio::task::spawn_blocking(move || read_at(&f, range))
+                let b = blob.clone();
+                match tokio::task::spawn_blocking(move || b.read_chunk(i))
                     .await
                     .expect("warm task")
                 {
-                    Ok(bytes) => svc.cache.insert_chunk(&key, i, bytes),
+                    Ok(bytes) => parts.cache.insert_chunk(&key, i, bytes),
                     Err(e) => {
-                        tracing::warn!(%key, error = %e, "could not cache a new blob");
-                        svc.completions.finish(&svc.cache, key, &token, None);
+                        tracing::warn!(%key, error = %crate::error_chain(&e), "could not cache a new blob");
+                        parts.completions.finish(&parts.cache, key, &token, None);
                         return;
                     }
                 }
             }
-            svc.completions.finish(&svc.cache, key, &token, Some(BlobMeta { size }));
+            let meta = BlobMeta {
+                size,
+                verified_at: SystemTime::now(),
+                digests: blob.digests().clone(),
+            };
+            parts.completions.finish(&parts.cache, key, &token, Some(meta));
         });
     }
 }

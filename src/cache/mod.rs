@@ -6,10 +6,12 @@
 //! makes a blob a cache *hit*. Chunks on their own (from ranged reads) are
 //! reusable bytes, not a complete blob.
 
-pub mod chunks;
+mod settings;
 
 use std::hash::Hash;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use foyer::{
@@ -17,6 +19,9 @@ use foyer::{
     RecoverMode, Throttle,
 };
 
+pub use settings::{CacheLimits, CacheSettings};
+
+use crate::chunks::{self, Digests};
 use crate::key::BlobKey;
 
 /// The default chunk payload: 4 MiB − 8 KiB, so that sixteen chunks plus
@@ -24,7 +29,13 @@ use crate::key::BlobKey;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024 - 8 * 1024;
 
 /// foyer's disk block; an entry must stay below it (less 4 KiB).
-const BLOCK_SIZE: usize = 64 * 1024 * 1024;
+pub(crate) const BLOCK_SIZE: usize = 64 * 1024 * 1024;
+
+/// The largest chunk a block takes, with room for foyer's entry headers.
+pub(crate) const MAX_CHUNK_SIZE: u64 = (BLOCK_SIZE - 64 * 1024) as u64;
+
+/// The smallest disk tier: foyer needs a few blocks to rotate through.
+pub(crate) const MIN_DISK_BYTES: u64 = 4 * BLOCK_SIZE as u64;
 
 /// foyer's flusher drops entries that arrive while both of its buffers are
 /// busy. On close it flushes the whole memory tier at once, paced only by the
@@ -36,17 +47,6 @@ const CLOSE_FLUSH_BYTES_PER_SEC: usize = 256 * 1024 * 1024;
 /// it: memory spent outside the memory tier, so kept small.
 const BUFFER_POOL: usize = 16 * 1024 * 1024;
 
-/// Sizes of the two tiers.
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    pub dir: PathBuf,
-    pub memory_bytes: u64,
-    pub disk_bytes: u64,
-    pub chunk_size: u64,
-    /// Where foyer registers its own metrics, if anywhere.
-    pub metrics: Option<prometheus::Registry>,
-}
-
 /// Errors opening or reading the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -57,6 +57,13 @@ pub enum CacheError {
         path: PathBuf,
         #[source]
         source: foyer::Error,
+    },
+    #[error("cannot allocate the disk cache's {size} in {path} (lower --disk-cache, or 0 for no disk tier)")]
+    Allocate {
+        path: PathBuf,
+        size: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cache read failed")]
     Read(#[source] foyer::Error),
@@ -98,30 +105,56 @@ impl Code for EntryKey {
 }
 
 /// What the cache knows of a complete, verified blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
     pub size: u64,
+    /// When the whole blob matched its key (a DELETE after this makes it stale).
+    pub verified_at: SystemTime,
+    /// Each chunk's digest, taken from the verified bytes: a chunk read again
+    /// from the spool or the store must match it.
+    pub digests: Digests,
 }
 
-const META_VERSION: u8 = 1;
+const META_VERSION: u8 = 2;
+const META_HEADER: usize = 1 + 8 + 8 + 8;
 
 impl BlobMeta {
     fn encode(&self, chunk_size: u64) -> Bytes {
-        let mut v = Vec::with_capacity(17);
+        let mut v = Vec::with_capacity(META_HEADER + 8 * self.digests.len());
         v.push(META_VERSION);
         v.extend_from_slice(&self.size.to_le_bytes());
         v.extend_from_slice(&chunk_size.to_le_bytes());
+        let micros = self
+            .verified_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        v.extend_from_slice(&micros.to_le_bytes());
+        for d in self.digests.iter() {
+            v.extend_from_slice(&d.to_le_bytes());
+        }
         Bytes::from(v)
     }
 
-    /// Decode; metadata written with another chunk size is treated as absent.
+    /// Decode; metadata of another version or chunk size is treated as absent.
     fn decode(b: &[u8], chunk_size: u64) -> Option<Self> {
-        if b.len() != 17 || b[0] != META_VERSION {
+        let word = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?)) };
+        if b.first() != Some(&META_VERSION) || word(9)? != chunk_size {
             return None;
         }
-        let size = u64::from_le_bytes(b[1..9].try_into().ok()?);
-        let cs = u64::from_le_bytes(b[9..17].try_into().ok()?);
-        (cs == chunk_size).then_some(BlobMeta { size })
+        let size = word(1)?;
+        let count = chunks::count(size, chunk_size) as usize;
+        if b.len() != META_HEADER + 8 * count {
+            return None;
+        }
+        let digests = (0..count)
+            .map(|i| word(META_HEADER + 8 * i))
+            .collect::<Option<Vec<u64>>>()?;
+        Some(BlobMeta {
+            size,
+            verified_at: UNIX_EPOCH + Duration::from_micros(word(17)?),
+            digests: digests.into(),
+        })
     }
 }
 
@@ -132,6 +165,7 @@ pub struct BlobCache {
     chunk_size: u64,
     memory_bytes: u64,
     disk_bytes: u64,
+    registry: prometheus::Registry,
 }
 
 impl std::fmt::Debug for BlobCache {
@@ -143,54 +177,38 @@ impl std::fmt::Debug for BlobCache {
 }
 
 impl BlobCache {
-    /// Open the cache; the disk tier recovers what a clean shutdown left.
-    pub async fn open(config: &CacheConfig) -> Result<Self, CacheError> {
-        let chunk = config.chunk_size;
-        if chunk < 4096 || chunk as usize > BLOCK_SIZE - 64 * 1024 {
-            return Err(CacheError::Config(format!(
-                "chunk size {chunk} must lie between 4 KiB and {} bytes",
-                BLOCK_SIZE - 64 * 1024
-            )));
-        }
-        // foyer needs a few blocks to rotate through; below that it cannot hold a chunk.
-        let min_disk = 4 * BLOCK_SIZE as u64;
-        if config.disk_bytes < min_disk {
-            return Err(CacheError::Config(format!(
-                "the disk cache must be at least {} (4 blocks of 64 MiB), got {}",
-                bytesize::ByteSize(min_disk),
-                bytesize::ByteSize(config.disk_bytes)
-            )));
-        }
-        std::fs::create_dir_all(&config.dir).map_err(|e| CacheError::Open {
-            path: config.dir.clone(),
+    /// Open the cache in `dir`; the disk tier recovers what a clean shutdown
+    /// left. The disk tier's files are allocated in full here, so a disk that
+    /// fills up later (the spool shares it) can never fail the cache's writes.
+    /// foyer registers its own metrics, and the cache its gauges, in `registry`.
+    pub async fn open(dir: &Path, limits: &CacheLimits, registry: &prometheus::Registry) -> Result<Self, CacheError> {
+        let chunk = limits.chunk_size.as_u64();
+        std::fs::create_dir_all(dir).map_err(|e| CacheError::Open {
+            path: dir.to_path_buf(),
             source: foyer::Error::io_error(e),
         })?;
         let open_err = |source| CacheError::Open {
-            path: config.dir.clone(),
+            path: dir.to_path_buf(),
             source,
         };
-        let disk = config.disk_bytes / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
-        let device = FsDeviceBuilder::new(&config.dir)
-            .with_capacity(disk as usize)
-            .with_throttle(Throttle::new().with_write_throughput(CLOSE_FLUSH_BYTES_PER_SEC))
-            .build()
-            .map_err(open_err)?;
+        let disk = limits.disk_cache.as_u64() / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
         // Each of the two flush buffers must take a whole chunk entry or foyer silently drops it.
         let buffer_pool = BUFFER_POOL.max(2 * (chunk as usize + 64 * 1024));
         // --memory-cache bounds all the memory the cache holds: the flush buffers
         // and the evicted entries queued for them come out of the memory tier's share.
-        let memory_tier = (config.memory_bytes as usize)
-            .saturating_sub(2 * buffer_pool)
-            .max(4 * chunk as usize);
+        let memory_bytes = limits.memory_cache.as_u64() as usize;
+        let memory_tier = if disk == 0 {
+            memory_bytes
+        } else {
+            memory_bytes.saturating_sub(2 * buffer_pool).max(4 * chunk as usize)
+        };
         // Memory shards each hold capacity/shards: keep room for several chunks per shard.
         let shards = (memory_tier as u64 / (chunk * 8)).clamp(1, 8) as usize;
-        let mut builder = HybridCacheBuilder::new().with_name("blobcache");
-        if let Some(registry) = &config.metrics {
-            builder = builder.with_metrics_registry(Box::new(
+        let storage = HybridCacheBuilder::new()
+            .with_name("blobcache")
+            .with_metrics_registry(Box::new(
                 mixtrics::registry::prometheus::PrometheusMetricsRegistry::new(registry.clone()),
-            ));
-        }
-        let hybrid = builder
+            ))
             .with_policy(HybridCachePolicy::WriteOnEviction)
             .memory(memory_tier)
             .with_shards(shards)
@@ -199,24 +217,54 @@ impl BlobCache {
             .with_eviction_config(foyer::S3FifoConfig::default())
             .with_weighter(|_k: &EntryKey, v: &Bytes| v.len() + 64)
             .storage()
-            .with_recover_mode(RecoverMode::Quiet)
-            .with_engine_config(
-                BlockEngineConfig::new(device)
-                    .with_block_size(BLOCK_SIZE)
-                    .with_buffer_pool_size(buffer_pool)
-                    .with_submit_queue_size_threshold(buffer_pool)
-                    // Deleted blobs must not come back after a restart.
-                    .with_tombstone_log(true),
-            )
-            .build()
-            .await
-            .map_err(open_err)?;
-        Ok(BlobCache {
+            .with_recover_mode(RecoverMode::Quiet);
+        let hybrid = if disk == 0 {
+            // No disk tier: a memory-only cache.
+            storage.build().await.map_err(open_err)?
+        } else {
+            let device = FsDeviceBuilder::new(dir)
+                .with_capacity(disk as usize)
+                .with_throttle(Throttle::new().with_write_throughput(CLOSE_FLUSH_BYTES_PER_SEC))
+                .build()
+                .map_err(open_err)?;
+            let hybrid = storage
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(BLOCK_SIZE)
+                        .with_buffer_pool_size(buffer_pool)
+                        .with_submit_queue_size_threshold(buffer_pool)
+                        // Deletions reach the disk tier too (best effort: the node's
+                        // own tombstones are what make a DELETE hold across restarts).
+                        .with_tombstone_log(true),
+                )
+                .build()
+                .await
+                .map_err(open_err)?;
+            if let Err(source) = allocate_disk_tier(dir).await {
+                let _ = hybrid.close().await;
+                return Err(CacheError::Allocate {
+                    path: dir.to_path_buf(),
+                    size: crate::units::exact(disk),
+                    source,
+                });
+            }
+            hybrid
+        };
+        let cache = BlobCache {
             hybrid,
             chunk_size: chunk,
-            memory_bytes: config.memory_bytes,
+            memory_bytes: limits.memory_cache.as_u64(),
             disk_bytes: disk,
-        })
+            registry: registry.clone(),
+        };
+        let memory = cache.hybrid.clone();
+        crate::metrics::computed_gauge(
+            registry,
+            "blobcache_cache_memory_used_bytes",
+            "bytes held by the memory tier",
+            move || memory.memory().usage() as f64,
+        );
+        Ok(cache)
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -237,16 +285,8 @@ impl BlobCache {
     }
 
     /// Mark a blob complete: call only after its bytes matched its key.
-    pub fn insert_meta(&self, key: &BlobKey, meta: BlobMeta) {
+    pub fn insert_meta(&self, key: &BlobKey, meta: &BlobMeta) {
         self.hybrid.insert(EntryKey::Meta(*key), meta.encode(self.chunk_size));
-    }
-
-    /// A cached chunk, from memory or disk.
-    pub async fn chunk(&self, key: &BlobKey, index: u32) -> Result<Option<Bytes>, CacheError> {
-        match self.hybrid.get(&EntryKey::Chunk(*key, index)).await {
-            Ok(e) => Ok(e.map(|e| e.value().clone())),
-            Err(e) => Err(CacheError::Read(e)),
-        }
     }
 
     pub fn insert_chunk(&self, key: &BlobKey, index: u32, bytes: Bytes) {
@@ -294,6 +334,25 @@ impl BlobCache {
         }
     }
 
+    /// Bytes the disk tier holds: its blocks that are not clean, times the block
+    /// size (from foyer's own gauges; `None` before foyer reported them).
+    pub fn disk_used_bytes(&self) -> Option<u64> {
+        let families = self.registry.gather();
+        let find = |name: &str| families.iter().find(|f| f.name() == name);
+        let block_size = find("foyer_storage_block_engine_block_size_bytes")?
+            .get_metric()
+            .first()?
+            .get_gauge()
+            .get_value();
+        let used: f64 = find("foyer_storage_block_engine_block")?
+            .get_metric()
+            .iter()
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "type" && l.value() != "clean"))
+            .map(|m| m.get_gauge().get_value())
+            .sum();
+        Some((used * block_size) as u64)
+    }
+
     /// Flush and close, so the disk tier recovers on the next start.
     pub async fn close(&self) -> Result<(), CacheError> {
         self.hybrid.close().await.map_err(CacheError::Read)
@@ -308,6 +367,28 @@ pub struct CacheUsage {
     pub memory_entries: u64,
     pub memory_capacity_bytes: u64,
     pub disk_capacity_bytes: u64,
+}
+
+/// Allocate every file of the disk tier in full (foyer creates them sparse), so
+/// no later write to them can fail for want of space.
+async fn allocate_disk_tier(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("foyer-storage-"))
+            {
+                continue;
+            }
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            crate::fsutil::allocate(&file, file.metadata()?.len())?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("allocation task")
 }
 
 /// A failed `chunk_or_fetch`: the fetch's own error, or the cache's.

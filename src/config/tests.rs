@@ -1,11 +1,12 @@
 //! Tests of the configuration: sources, precedence, validation, printing.
 use super::*;
-use clap::Parser;
+use crate::blobs::WriteMode;
+use bytesize::ByteSize;
 
-fn parse(args: &[&str]) -> Result<ConfigArgs, clap::Error> {
+fn parse(args: &[&str]) -> anyhow::Result<ConfigArgs> {
     let mut full = vec!["blobcache", "serve"];
     full.extend_from_slice(args);
-    Cli::try_parse_from(full).map(|c| match c.command {
+    Cli::parse_with_file(full).map(|c| match c.command {
         Command::Serve(a) | Command::CheckConfig(a) => a,
     })
 }
@@ -14,14 +15,14 @@ fn parse(args: &[&str]) -> Result<ConfigArgs, clap::Error> {
 fn defaults() {
     let c = Config::from_settings(Settings::default()).unwrap();
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.memory_cache, ByteSize::mib(256));
-    assert_eq!(c.disk_cache, ByteSize::gib(4));
-    assert_eq!(c.max_blob_size, ByteSize::gib(5));
-    assert_eq!(c.write_mode, WriteMode::Back);
+    assert_eq!(c.cache.memory_cache, ByteSize::mib(256));
+    assert_eq!(c.cache.disk_cache, ByteSize::gib(4));
+    assert_eq!(c.blobs.max_blob_size, ByteSize::gib(5));
+    assert_eq!(c.blobs.write_mode, WriteMode::Back);
     assert!(
-        c.store.starts_with("file:///") && c.store.ends_with("blobcache-data/store"),
+        c.store.store.starts_with("file:///") && c.store.store.ends_with("blobcache-data/store"),
         "{}",
-        c.store
+        c.store.store
     );
 }
 
@@ -37,9 +38,9 @@ fn sizes_accept_common_units() {
     ])
     .unwrap();
     let c = a.resolve().unwrap();
-    assert_eq!(c.memory_cache.as_u64(), 64 << 20);
-    assert_eq!(c.disk_cache.as_u64(), 4 << 30);
-    assert_eq!(c.max_blob_size.as_u64(), 1_000_000_000);
+    assert_eq!(c.cache.memory_cache.as_u64(), 64 << 20);
+    assert_eq!(c.cache.disk_cache.as_u64(), 4 << 30);
+    assert_eq!(c.blobs.max_blob_size.as_u64(), 1_000_000_000);
 }
 
 #[test]
@@ -60,7 +61,7 @@ fn s3_settings_parse_check_and_print_without_secrets() {
     .unwrap()
     .resolve()
     .unwrap();
-    let s3 = &c.store_options;
+    let s3 = &c.store;
     assert!(s3.s3_force_path_style);
     assert_eq!(s3.s3_part_size, ByteSize::mib(8));
     assert_eq!(s3.s3_multipart_threshold, ByteSize::mib(64));
@@ -74,7 +75,7 @@ fn s3_settings_parse_check_and_print_without_secrets() {
 
     // The flag alone means true; an explicit value works too.
     let off = parse(&["--s3-force-path-style", "false"]).unwrap().resolve().unwrap();
-    assert!(!off.store_options.s3_force_path_style);
+    assert!(!off.store.s3_force_path_style);
 
     for (args, flag) in [
         (&["--s3-part-size", "1MiB"][..], "--s3-part-size"),
@@ -114,14 +115,22 @@ fn bad_values_name_the_flag() {
 
 #[test]
 fn printed_configuration_reads_back_exactly() {
-    let c = Config::from_settings(Settings::default()).unwrap();
+    let c = parse(&["--memory-cache", "96MiB", "--disk-cache", "0", "--s3-timeout", "2s"])
+        .unwrap()
+        .resolve()
+        .unwrap();
     let text = toml::to_string(&c).unwrap();
     assert!(text.contains("chunk-size = \"4088KiB\""), "{text}");
-    let back: Settings = toml::from_str(&text).unwrap();
-    let c2 = Config::from_settings(back).unwrap();
-    assert_eq!(c2.chunk_size, c.chunk_size);
-    assert_eq!(c2.memory_cache, c.memory_cache);
-    assert_eq!(c2.shutdown_grace, c.shutdown_grace);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("printed.toml");
+    std::fs::write(&path, &text).unwrap();
+    let c2 = parse(&["--config", path.to_str().unwrap()]).unwrap().resolve().unwrap();
+    assert_eq!(
+        toml::to_string(&c2).unwrap(),
+        text,
+        "the printed configuration reads back as itself"
+    );
+    assert_eq!(c2.cache.memory_cache, ByteSize::mib(96));
 }
 
 #[test]
@@ -138,11 +147,16 @@ fn file_is_below_flags_and_rejects_unknown_keys() {
         .unwrap()
         .resolve()
         .unwrap();
-    assert_eq!(c.memory_cache.as_u64(), 48 << 20, "flag wins over file");
-    assert_eq!(c.write_mode, WriteMode::Through, "file wins over default");
+    assert_eq!(c.cache.memory_cache.as_u64(), 48 << 20, "flag wins over file");
+    assert_eq!(c.blobs.write_mode, WriteMode::Through, "file wins over default");
     assert_eq!(c.shutdown_grace, Duration::from_secs(5));
 
     std::fs::write(&path, "memory-cash = \"32MiB\"\n").unwrap();
-    let e = format!("{:#}", parse(&["--config", p]).unwrap().resolve().unwrap_err());
+    let e = format!("{:#}", parse(&["--config", p]).unwrap_err());
     assert!(e.contains("memory-cash"), "{e}");
+
+    // A bad value in the file is named like the flag, with the file.
+    std::fs::write(&path, "memory-cache = \"lots\"\n").unwrap();
+    let e = format!("{:#}", parse(&["--config", p]).unwrap_err());
+    assert!(e.contains("--memory-cache") && e.contains("c.toml"), "{e}");
 }

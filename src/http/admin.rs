@@ -1,6 +1,5 @@
 //! Health, readiness and statistics endpoints.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -9,7 +8,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::blobs::BlobService;
+use crate::store::Store;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -33,7 +32,7 @@ impl Readiness {
         }
     }
 
-    async fn check(&self, blobs: &BlobService) -> Result<(), String> {
+    async fn check(&self, store: &dyn Store) -> Result<(), String> {
         // Callers that arrive during a probe wait for its answer (at most `timeout`).
         let mut last = self.last.lock().await;
         if let Some((at, result)) = &*last
@@ -41,7 +40,7 @@ impl Readiness {
         {
             return result.clone();
         }
-        let result = match tokio::time::timeout(self.timeout, blobs.probe_store()).await {
+        let result = match tokio::time::timeout(self.timeout, store.probe()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("store: {}", crate::error_chain(&e))),
             Err(_) => Err(format!("store: no answer within {:?}", self.timeout)),
@@ -59,7 +58,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({ "status": "unready", "reason": "shutting down" })),
         );
     }
-    match state.readiness.check(&state.blobs).await {
+    match state.readiness.check(&*state.store).await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -69,35 +68,23 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 pub async fn stats(State(state): State<AppState>) -> Json<Value> {
-    let s = state.blobs.stats();
-    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut store = state.store_stats.snapshot();
+    if let (Some(store), Value::Object(breaker)) = (store.as_object_mut(), state.store.snapshot()) {
+        store.extend(breaker);
+    }
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
-        "metrics": {
-            "hits": g(&s.hits),
-            "spool_hits": g(&s.spool_hits),
-            "misses": g(&s.misses),
-            "not_found": g(&s.not_found),
-            "invalidations": g(&s.invalidations),
-            "fills": g(&s.fills),
-            "coalesced_waiters": g(&s.coalesced_waiters),
-            "integrity_failures": g(&s.integrity_failures),
-            "puts_created": g(&s.puts_created),
-            "puts_existing": g(&s.puts_existing),
-            "puts_rejected": g(&s.puts_rejected),
-            "bytes_in": g(&s.bytes_in),
-            "bytes_out": g(&s.bytes_out),
-        },
-        "cache": state.blobs.cache().usage(),
-        "disk_cache_used_bytes": state.metrics.disk_used_bytes(),
-        "store": state.store_stats.snapshot(),
-        "replication": state.blobs.replicator().snapshot(),
+        "metrics": state.blobs.snapshot(),
+        "cache": state.cache.usage(),
+        "disk_cache_used_bytes": state.cache.disk_used_bytes(),
+        "store": store,
+        "replication": state.replicator.snapshot(),
     }))
 }
 
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let body = state.metrics.render(&state);
+    let body = crate::metrics::render(&state.registry);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

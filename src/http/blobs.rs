@@ -10,7 +10,7 @@ use base64::Engine;
 use super::AppState;
 use super::error::ApiError;
 use super::range::{self, RangeRequest};
-use crate::blobs::{BlobStatus, Opened, PutRequest, Source};
+use crate::blobs::{BlobStatus, Found, PutRequest, Source};
 use crate::key::BlobKey;
 
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
@@ -52,7 +52,7 @@ fn durability(pending: bool) -> HeaderValue {
     HeaderValue::from_static(if pending { "pending" } else { "stored" })
 }
 
-fn blob_headers(headers: &mut HeaderMap, opened: &Opened, pending: bool) {
+fn blob_headers(headers: &mut HeaderMap, opened: &Found, pending: bool) {
     let h = |s: &str| HeaderValue::from_str(s).expect("ASCII header");
     headers.insert(header::ETAG, h(&etag(&opened.key)));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -61,14 +61,18 @@ fn blob_headers(headers: &mut HeaderMap, opened: &Opened, pending: bool) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    let cache = if opened.source == Source::Store { "miss" } else { "hit" };
+    let cache = if opened.source() == Source::Store {
+        "miss"
+    } else {
+        "hit"
+    };
     headers.insert(X_CACHE, HeaderValue::from_static(cache));
     headers.insert(DURABILITY, durability(pending));
 }
 
 /// A blob served from this node's spool, or still queued, has not reached the store yet.
-fn pending(state: &AppState, opened: &Opened) -> bool {
-    opened.source == Source::Spool || state.blobs.is_pending(&opened.key)
+fn pending(state: &AppState, opened: &Found) -> bool {
+    opened.source() == Source::Spool || state.blobs.is_pending(&opened.key)
 }
 
 pub async fn get_blob(

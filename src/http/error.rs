@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::blobs::BlobError;
+use crate::replication::SpoolError;
 use crate::store::StoreErrorKind;
 
 /// An error answer: `{"error": "<code>", "message": "<human text>"}`.
@@ -80,6 +81,15 @@ impl IntoResponse for ApiError {
 impl From<BlobError> for ApiError {
     fn from(err: BlobError) -> Self {
         use StatusCode as S;
+        if err.is_no_space() {
+            tracing::error!(error = %crate::error_chain(&err), "this node's disk is full");
+            return ApiError::new(
+                S::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "this node's disk is full; nothing was stored or changed. Retry later or on another node",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
         match err.root() {
             BlobError::NotFound => ApiError::new(S::NOT_FOUND, "not_found", "no blob with this key"),
             e @ (BlobError::DigestMismatch { .. } | BlobError::ContentMd5Mismatch { .. }) => {
@@ -126,12 +136,19 @@ impl From<BlobError> for ApiError {
                 }
             },
             // Already logged where it was found.
-            BlobError::Integrity { .. } | BlobError::ShortRead { .. } => ApiError::new(
+            BlobError::Integrity { .. }
+            | BlobError::ShortRead { .. }
+            | BlobError::ChunkIntegrity { .. }
+            | BlobError::Spool(SpoolError::Damaged { .. }) => ApiError::new(
                 S::BAD_GATEWAY,
                 "integrity_error",
-                "the stored copy of this blob is damaged; it was not served",
+                "a copy of this blob is damaged; it was not served",
             ),
-            e @ (BlobError::Cache(_) | BlobError::Io { .. } | BlobError::FillAborted | BlobError::Shared(_)) => {
+            e @ (BlobError::Cache(_)
+            | BlobError::Io { .. }
+            | BlobError::Spool(SpoolError::Io(_))
+            | BlobError::FillAborted
+            | BlobError::Shared(_)) => {
                 tracing::error!(error = %crate::error_chain(e), "request failed");
                 ApiError::internal()
             }

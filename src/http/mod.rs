@@ -3,6 +3,7 @@
 pub mod admin;
 mod blobs;
 pub mod error;
+mod metrics;
 pub mod range;
 
 use std::sync::Arc;
@@ -20,19 +21,27 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::blobs::BlobService;
-use crate::store::StoreStats;
+use crate::cache::BlobCache;
+use crate::replication::Replicator;
+use crate::store::{Breaker, Metered};
 use error::ApiError;
+pub use metrics::HttpMetrics;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub blobs: Arc<BlobService>,
-    pub store_stats: Arc<StoreStats>,
+    /// The modules /stats reports on, each through its own snapshot.
+    pub cache: BlobCache,
+    pub replicator: Arc<Replicator>,
+    pub store: Arc<Breaker>,
+    pub store_stats: Arc<Metered>,
     pub started: Instant,
     /// Fired when the node begins to shut down: /readyz turns 503.
     pub shutting_down: CancellationToken,
     pub readiness: Arc<admin::Readiness>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub registry: prometheus::Registry,
+    pub http_metrics: HttpMetrics,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -104,9 +113,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware)
         // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }

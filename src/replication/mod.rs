@@ -1,7 +1,14 @@
-//! Write-back replication: the durable pending queue and the workers that copy
-//! it to the store, retrying with capped, jittered exponential backoff until
-//! the store confirms a blob or the blob is deleted.
+//! Replication: the durable pending queue and the workers that copy it to the
+//! store, retrying with capped, jittered exponential backoff until the store
+//! confirms a blob or the blob is deleted. Write-through uploads take the same
+//! path, so DELETE's coordination with uploads covers both.
+//!
+//! Every upload is checked on its way out: the pending file is read against
+//! the chunk digests recorded at ingest, and the MD5 of each part is taken from
+//! those checked bytes, so a store that verifies (S3's `Content-MD5`) refuses
+//! bytes damaged after the check. A damaged blob is moved aside, never sent.
 
+mod settings;
 pub mod spool;
 mod writer;
 
@@ -10,14 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Notify;
+use prometheus::{IntCounter, Registry};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use spool::{Spool, TempGuard};
+pub use settings::{ReplicationConfig, ReplicationSettings};
+pub use spool::{PendingFile, Spool, SpoolBlob, SpoolError, TempGuard};
 pub use writer::SpoolWriter;
 
 use crate::key::BlobKey;
-use crate::store::Store;
+use crate::metrics;
+use crate::store::{Store, StoreError};
 
 /// Retry timing for failed uploads.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +57,22 @@ impl Backoff {
     }
 }
 
+/// Why an upload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The spool has no room for an upload.
+#[derive(Debug, thiserror::Error)]
+#[error("the spool is full ({limit} bytes wait for the store); retry later")]
+pub struct SpoolFull {
+    pub limit: u64,
+}
+
 #[derive(Debug)]
 struct Pending {
     size: u64,
@@ -56,14 +82,31 @@ struct Pending {
     uploading: bool,
     /// Deleted while an upload was under way: remove it from the store once that ends.
     deleted: bool,
+    /// A write-through PUT owns it and has not acknowledged it yet: if its
+    /// upload fails, the blob is dropped rather than queued.
+    through: bool,
+    /// Found damaged while an upload was under way: already moved aside.
+    damaged: bool,
 }
 
-/// Counters for /stats and metrics.
-#[derive(Debug, Default)]
-pub struct ReplicationStats {
-    pub uploaded: AtomicU64,
-    pub attempts: AtomicU64,
-    pub failures: AtomicU64,
+impl Pending {
+    fn new(size: u64, since: SystemTime, uploading: bool, through: bool) -> Self {
+        Pending {
+            size,
+            since,
+            failures: 0,
+            next_attempt: Instant::now(),
+            uploading,
+            deleted: false,
+            through,
+            damaged: false,
+        }
+    }
+
+    /// Acknowledged, and still to reach the store.
+    fn live(&self) -> bool {
+        !self.deleted && !self.through && !self.damaged
+    }
 }
 
 /// A snapshot of the queue.
@@ -75,6 +118,17 @@ pub struct QueueSnapshot {
     pub uploaded: u64,
     pub upload_attempts: u64,
     pub upload_failures: u64,
+    /// Pending blobs found damaged and moved aside (`spool/damaged/`).
+    pub damaged: u64,
+}
+
+#[derive(Debug)]
+struct Counters {
+    uploaded: IntCounter,
+    attempts: IntCounter,
+    failures: IntCounter,
+    skipped: IntCounter,
+    damaged: IntCounter,
 }
 
 /// The write-back queue and its workers.
@@ -83,69 +137,241 @@ pub struct Replicator {
     spool: Arc<Spool>,
     store: Arc<dyn Store>,
     backoff: Backoff,
+    /// Bytes the spool may hold: blobs pending upload plus uploads under way.
+    spool_limit: u64,
+    /// Whether the store answers (from its circuit breaker): no attempts while it does not.
+    store_health: watch::Receiver<bool>,
     state: std::sync::Mutex<HashMap<BlobKey, Pending>>,
     work: Notify,
     idle: Notify,
-    stats: ReplicationStats,
     /// Bytes of live (not deleted) pending blobs, kept beside the map for cheap reads.
     pending_bytes: AtomicU64,
+    /// Spool bytes promised to uploads still streaming in.
+    reserved: AtomicU64,
+    c: Counters,
+}
+
+/// Spool bytes promised to one upload; given back when it drops (a committed
+/// blob is then counted by the pending queue).
+#[derive(Debug)]
+pub struct Reservation {
+    replicator: Arc<Replicator>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Promise `more` bytes to this upload, if the spool has room.
+    pub fn grow(&mut self, more: u64) -> Result<(), SpoolFull> {
+        let r = &self.replicator;
+        let before = r.reserved.fetch_add(more, Ordering::SeqCst);
+        if r.pending_bytes.load(Ordering::SeqCst) + before + more > r.spool_limit {
+            r.reserved.fetch_sub(more, Ordering::SeqCst);
+            return Err(SpoolFull { limit: r.spool_limit });
+        }
+        self.bytes += more;
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.replicator.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 impl Replicator {
-    pub fn new(spool: Arc<Spool>, store: Arc<dyn Store>, backoff: Backoff) -> Self {
-        Replicator {
+    pub fn new(
+        spool: Arc<Spool>,
+        store: Arc<dyn Store>,
+        store_health: watch::Receiver<bool>,
+        config: &ReplicationConfig,
+        backoff: Backoff,
+        registry: &Registry,
+    ) -> Arc<Self> {
+        let c = |name, help| metrics::counter(registry, name, help);
+        let r = Arc::new(Replicator {
             spool,
             store,
             backoff,
+            spool_limit: config.spool_size.as_u64(),
+            store_health,
             state: Default::default(),
             work: Notify::new(),
             idle: Notify::new(),
-            stats: Default::default(),
             pending_bytes: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            c: Counters {
+                uploaded: c("blobcache_uploads_total", "pending blobs copied to the store"),
+                attempts: c(
+                    "blobcache_upload_attempts_total",
+                    "attempts to copy a pending blob to the store",
+                ),
+                failures: c(
+                    "blobcache_upload_failures_total",
+                    "failed upload attempts (each is retried)",
+                ),
+                skipped: c(
+                    "blobcache_uploads_skipped_total",
+                    "pending blobs the store already had, so not sent again",
+                ),
+                damaged: c(
+                    "blobcache_spool_damaged_total",
+                    "pending blobs whose bytes no longer matched their digests, moved aside and not uploaded",
+                ),
+            },
+        });
+        let weak = Arc::downgrade(&r);
+        let snapshot = move || weak.upgrade().map(|r| r.snapshot());
+        let s = snapshot.clone();
+        metrics::computed_gauge(
+            registry,
+            "blobcache_pending_blobs",
+            "blobs acknowledged here, waiting for the store",
+            move || s().map_or(0.0, |q| q.pending_blobs as f64),
+        );
+        let s = snapshot.clone();
+        metrics::computed_gauge(
+            registry,
+            "blobcache_pending_bytes",
+            "bytes acknowledged here, waiting for the store",
+            move || s().map_or(0.0, |q| q.pending_bytes as f64),
+        );
+        metrics::computed_gauge(
+            registry,
+            "blobcache_oldest_pending_age_seconds",
+            "age of the oldest blob waiting for the store",
+            move || snapshot().map_or(0.0, |q| q.oldest_pending_age_seconds),
+        );
+        r
+    }
+
+    /// Start reserving spool space for an upload (nothing reserved yet).
+    pub fn reservation(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            replicator: self.clone(),
+            bytes: 0,
         }
-    }
-
-    pub fn stats(&self) -> &ReplicationStats {
-        &self.stats
-    }
-
-    pub fn spool(&self) -> &Arc<Spool> {
-        &self.spool
     }
 
     /// Queue an acknowledged blob (already durable in `pending/`) for upload.
     pub fn enqueue(&self, key: BlobKey, size: u64, since: SystemTime) {
         let mut state = self.state.lock().expect("queue lock");
         let entry = state.entry(key).or_insert_with(|| {
-            self.pending_bytes.fetch_add(size, Ordering::Relaxed);
-            Pending {
-                size,
-                since,
-                failures: 0,
-                next_attempt: Instant::now(),
-                uploading: false,
-                deleted: false,
-            }
+            self.pending_bytes.fetch_add(size, Ordering::SeqCst);
+            Pending::new(size, since, false, false)
         });
-        if entry.deleted {
+        entry.through = false;
+        if entry.deleted || entry.damaged {
+            // Written again after a DELETE, or after its earlier copy was found damaged.
             entry.deleted = false;
-            self.pending_bytes.fetch_add(entry.size, Ordering::Relaxed);
+            entry.damaged = false;
+            self.pending_bytes.fetch_add(entry.size, Ordering::SeqCst);
         }
         drop(state);
         self.work.notify_one();
     }
 
-    /// Bytes of blobs waiting for the store.
-    pub fn pending_bytes(&self) -> u64 {
-        self.pending_bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn is_pending(&self, key: &BlobKey) -> bool {
+    /// The size of a blob acknowledged here and still waiting for the store.
+    pub fn pending_size(&self, key: &BlobKey) -> Option<u64> {
         self.state
             .lock()
             .expect("queue lock")
             .get(key)
-            .is_some_and(|p| !p.deleted)
+            .filter(|p| p.live())
+            .map(|p| p.size)
+    }
+
+    pub fn is_pending(&self, key: &BlobKey) -> bool {
+        self.pending_size(key).is_some()
+    }
+
+    /// Open a pending blob for reading (its reads are checked). A blob found
+    /// damaged is moved aside and reported, and counts as not pending.
+    pub async fn open_pending(&self, key: &BlobKey) -> Result<Option<SpoolBlob>, SpoolError> {
+        if !self.is_pending(key) {
+            return Ok(None);
+        }
+        let (spool, k) = (self.spool.clone(), *key);
+        match tokio::task::spawn_blocking(move || spool.open_blob(&k))
+            .await
+            .expect("spool task")
+        {
+            Err(SpoolError::Damaged { key, what }) => {
+                self.damaged(&key, &what).await;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this node moved a damaged copy of the blob aside.
+    pub async fn is_damaged(&self, key: &BlobKey) -> bool {
+        let (spool, k) = (self.spool.clone(), *key);
+        tokio::task::spawn_blocking(move || spool.is_damaged(&k))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// A pending blob whose bytes failed their check: log it, count it, move it
+    /// to `spool/damaged/`, and drop it from the queue. If the store has no
+    /// good copy, the blob is lost: nothing here can bring it back.
+    pub async fn damaged(&self, key: &BlobKey, what: &str) {
+        self.c.damaged.inc();
+        tracing::error!(%key, %what, "a pending blob is damaged on this node's disk; moved to spool/damaged, not served and not uploaded");
+        {
+            let mut state = self.state.lock().expect("queue lock");
+            if let Some(p) = state.get_mut(key) {
+                if !p.deleted && !p.damaged {
+                    self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
+                }
+                p.damaged = true;
+                if !p.uploading {
+                    state.remove(key);
+                }
+            }
+        }
+        let (spool, k) = (self.spool.clone(), *key);
+        if let Err(e) = tokio::task::spawn_blocking(move || spool.quarantine(&k))
+            .await
+            .expect("spool task")
+        {
+            tracing::error!(%key, error = %e, "could not move a damaged pending blob aside");
+        }
+        self.idle.notify_waiters();
+    }
+
+    /// Upload a blob just committed to the spool now, for a write-through PUT;
+    /// the answer waits for this. If it fails the blob is dropped (the PUT was
+    /// not acknowledged), unless a write-back PUT of the same blob meanwhile
+    /// acknowledged it: then it stays queued.
+    pub async fn upload_now(&self, key: BlobKey, size: u64, since: SystemTime) -> Result<(), UploadError> {
+        loop {
+            let finished = self.idle.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            {
+                let mut state = self.state.lock().expect("queue lock");
+                match state.get_mut(&key) {
+                    None => {
+                        self.pending_bytes.fetch_add(size, Ordering::SeqCst);
+                        state.insert(key, Pending::new(size, since, true, true));
+                        break;
+                    }
+                    Some(p) if !p.uploading => {
+                        p.uploading = true;
+                        break;
+                    }
+                    // A worker is uploading the same blob: wait for it, then look again.
+                    Some(_) => {}
+                }
+            }
+            finished.await;
+        }
+        self.attempt_and_settle(key, size, false).await
     }
 
     /// Cancel a pending upload (DELETE). Returns whether one was pending. The
@@ -165,14 +391,16 @@ impl Replicator {
                     None => break,
                     Some(p) if p.uploading => {
                         if !p.deleted {
+                            if !p.damaged {
+                                self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
+                            }
                             p.deleted = true;
-                            self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
                             was_pending = true;
                         }
                     }
                     Some(p) => {
-                        if !p.deleted {
-                            self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
+                        if !p.deleted && !p.damaged {
+                            self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
                             was_pending = true;
                         }
                         state.remove(key);
@@ -194,7 +422,7 @@ impl Replicator {
     pub fn snapshot(&self) -> QueueSnapshot {
         let state = self.state.lock().expect("queue lock");
         let now = SystemTime::now();
-        let live = state.values().filter(|p| !p.deleted);
+        let live = state.values().filter(|p| p.live());
         let (mut blobs, mut bytes, mut oldest) = (0u64, 0u64, 0f64);
         for p in live {
             blobs += 1;
@@ -205,36 +433,55 @@ impl Replicator {
             pending_blobs: blobs,
             pending_bytes: bytes,
             oldest_pending_age_seconds: oldest,
-            uploaded: self.stats.uploaded.load(Ordering::Relaxed),
-            upload_attempts: self.stats.attempts.load(Ordering::Relaxed),
-            upload_failures: self.stats.failures.load(Ordering::Relaxed),
+            uploaded: self.c.uploaded.get(),
+            upload_attempts: self.c.attempts.get(),
+            upload_failures: self.c.failures.get(),
+            damaged: self.c.damaged.get(),
         }
     }
 
-    /// Wait until the queue is empty or the deadline passes; returns whether it emptied.
+    /// Wait until the queue is empty, the deadline passes, or the store is
+    /// known to be failing (pending blobs are safe in the spool: waiting for a
+    /// store that does not answer would only hold the shutdown up). Returns
+    /// whether the queue emptied.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        let mut health = self.store_health.clone();
         loop {
             let idle = self.idle.notified();
             if self.state.lock().expect("queue lock").is_empty() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.state.lock().expect("queue lock").is_empty();
+            if !*health.borrow_and_update() {
+                tracing::info!("the store is failing: not waiting for uploads");
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return self.state.lock().expect("queue lock").is_empty(),
+                _ = idle => {}
+                _ = health.changed() => {}
             }
         }
     }
 
     /// One upload worker: runs until `cancel` fires. An upload cut short stays
-    /// pending on disk and is replayed at the next start.
+    /// pending on disk and is replayed at the next start. While the store is
+    /// known to be failing, the worker waits for it instead of spending attempts.
     pub async fn run_worker(self: Arc<Self>, cancel: CancellationToken) {
+        let mut health = self.store_health.clone();
         loop {
+            let healthy = tokio::select! {
+                _ = cancel.cancelled() => return,
+                h = health.wait_for(|healthy| *healthy) => h.is_ok(),
+            };
+            if !healthy {
+                return;
+            }
             let work = self.work.notified();
-            let next = self.pick();
-            match next {
+            match self.pick() {
                 Ok((key, size)) => {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = self.upload(key, size) => {}
+                        _ = self.attempt_and_settle(key, size, true) => {}
                     }
                 }
                 Err(wake_at) => {
@@ -243,6 +490,7 @@ impl Replicator {
                         _ = cancel.cancelled() => return,
                         _ = work => {}
                         _ = tokio::time::sleep_until(wake_at.into()) => {}
+                        _ = health.changed() => {}
                     }
                 }
             }
@@ -255,7 +503,7 @@ impl Replicator {
         let now = Instant::now();
         let mut due: Option<(&BlobKey, &Pending)> = None;
         let mut earliest: Option<Instant> = None;
-        for (k, p) in state.iter().filter(|(_, p)| !p.uploading && !p.deleted) {
+        for (k, p) in state.iter().filter(|(_, p)| !p.uploading && p.live()) {
             if p.next_attempt <= now {
                 if due.is_none_or(|(_, d)| p.since < d.since) {
                     due = Some((k, p));
@@ -270,55 +518,117 @@ impl Replicator {
         Ok((key, p.size))
     }
 
-    async fn upload(&self, key: BlobKey, size: u64) {
-        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+    /// Copy a pending blob to the store, checking its bytes on the way out.
+    /// A queued blob the store already has is not sent again.
+    async fn attempt(&self, key: BlobKey, size: u64, skip_if_stored: bool) -> Result<(), UploadError> {
+        self.c.attempts.inc();
+        if skip_if_stored && self.store.head(&key).await.is_ok_and(|s| s == size) {
+            self.c.skipped.inc();
+            return Ok(());
+        }
+        let part_size = self.store.part_size(size);
+        let spool = self.spool.clone();
+        let parts = tokio::task::spawn_blocking(move || match spool.open_blob(&key)? {
+            Some(blob) => blob.part_md5s(part_size),
+            None => Err(SpoolError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the pending file is gone",
+            ))),
+        })
+        .await
+        .expect("upload check task")?;
         let path = self.spool.pending_path(&key);
-        let result = self.store.put_file(&key, &path, size).await;
-        let deleted = {
+        Ok(self.store.put_file(&key, &path, size, &parts).await?)
+    }
+
+    async fn attempt_and_settle(&self, key: BlobKey, size: u64, skip_if_stored: bool) -> Result<(), UploadError> {
+        let result = self.attempt(key, size, skip_if_stored).await;
+        if let Err(UploadError::Spool(SpoolError::Damaged { what, .. })) = &result {
+            let what = what.clone();
+            self.finish_attempt(&key);
+            self.damaged(&key, &what).await;
+            return result;
+        }
+        #[derive(Clone, Copy)]
+        enum Next {
+            Retry,
+            Drop,
+            Uploaded,
+            RemoveFromStore,
+            Forget,
+        }
+        let next = {
             let mut state = self.state.lock().expect("queue lock");
-            match (&result, state.get_mut(&key)) {
-                (Err(_), Some(p)) if !p.deleted => {
+            let Some(p) = state.get_mut(&key) else {
+                self.idle.notify_waiters();
+                return result;
+            };
+            let next = if p.deleted {
+                Next::RemoveFromStore
+            } else if p.damaged {
+                // Moved aside while this upload ran; what it sent was checked, so it stands.
+                Next::Forget
+            } else {
+                match (&result, p.through) {
+                    (Ok(()), _) => Next::Uploaded,
+                    (Err(_), true) => Next::Drop,
+                    (Err(_), false) => Next::Retry,
+                }
+            };
+            match next {
+                Next::Retry => {
                     p.uploading = false;
                     p.failures += 1;
                     p.next_attempt = Instant::now() + self.backoff.delay(p.failures);
-                    None
                 }
-                (_, p) => {
-                    let deleted = p.is_some_and(|p| p.deleted);
-                    if let Some(p) = state.remove(&key)
-                        && !p.deleted
-                    {
-                        self.pending_bytes.fetch_sub(p.size, Ordering::Relaxed);
+                _ => {
+                    let p = state.remove(&key).expect("entry");
+                    if !p.deleted && !p.damaged {
+                        self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
                     }
-                    Some(deleted)
                 }
             }
+            next
         };
-        match (result, deleted) {
-            (Err(e), None) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%key, retryable = e.is_retryable(), error = %crate::error_chain(&e), "upload to the store failed; will retry");
-            }
-            (Ok(()), Some(false)) => {
-                self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                let spool = self.spool.clone();
-                match tokio::task::spawn_blocking(move || spool.remove_pending(&key)).await {
-                    Ok(Ok(_)) => tracing::debug!(%key, size, "replicated to the store"),
-                    Ok(Err(e)) => {
-                        tracing::warn!(%key, error = %e, "replicated, but the spool file could not be removed")
-                    }
-                    Err(e) => tracing::warn!(%key, error = %e, "spool task failed"),
+        match (&result, next) {
+            (Err(e), Next::Retry | Next::Drop) => {
+                self.c.failures.inc();
+                tracing::warn!(%key, error = %crate::error_chain(e), "upload to the store failed; will retry");
+                if matches!(next, Next::Drop) {
+                    self.remove_file(key).await;
                 }
             }
-            (_, Some(true)) => {
+            (_, Next::Uploaded) => {
+                self.c.uploaded.inc();
+                self.remove_file(key).await;
+                tracing::debug!(%key, size, "replicated to the store");
+            }
+            (_, Next::RemoveFromStore) => {
                 // DELETE arrived while the upload ran: make sure it does not stay in the store.
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::error!(%key, error = %crate::error_chain(&e), "a blob deleted during its upload could not be removed from the store");
                 }
             }
-            (Ok(()), None) | (Err(_), Some(false)) => {}
+            _ => {}
         }
         self.idle.notify_waiters();
+        result
+    }
+
+    /// Mark an attempt over without settling it (the blob is being moved aside).
+    fn finish_attempt(&self, key: &BlobKey) {
+        if let Some(p) = self.state.lock().expect("queue lock").get_mut(key) {
+            p.uploading = false;
+        }
+    }
+
+    async fn remove_file(&self, key: BlobKey) {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.remove_pending(&key)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(%key, error = %e, "the spool file of an uploaded blob could not be removed"),
+            Err(e) => tracing::warn!(%key, error = %e, "spool task failed"),
+        }
     }
 }
 

@@ -77,7 +77,9 @@ impl Store for FsStore {
             .boxed())
     }
 
-    async fn put_file(&self, key: &BlobKey, path: &Path, _size: u64) -> Result<(), StoreError> {
+    /// The caller checked the file against the blob's digests just before; the
+    /// store shares its inode (a hard link), or copies it across filesystems.
+    async fn put_file(&self, key: &BlobKey, path: &Path, _size: u64, _: &[[u8; 16]]) -> Result<(), StoreError> {
         let dest = self.path_of(key);
         let tmp = self.tmp.join(format!("{key}.{:016x}", rand::random::<u64>()));
         let src = path.to_path_buf();
@@ -147,7 +149,7 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
 
         assert!(store.head(&key).await.unwrap_err().is_not_found());
-        store.put_file(&key, &src, data.len() as u64).await.unwrap();
+        store.put_file(&key, &src, data.len() as u64, &[]).await.unwrap();
         assert_eq!(store.head(&key).await.unwrap(), data.len() as u64);
         let hex = key.to_string();
         assert!(

@@ -1,15 +1,15 @@
-//! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with temporary directories.
+//! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with
+//! temporary directories. Tests see the node only through its HTTP interface.
+// Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
 pub mod process;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use blobcache::app::App;
 use blobcache::config::{Config, Settings};
-use blobcache::http::AppState;
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
 use tempfile::TempDir;
@@ -21,7 +21,6 @@ pub const CHUNK: usize = blobcache::cache::DEFAULT_CHUNK_SIZE as usize;
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
-    pub state: AppState,
     pub dir: Option<TempDir>,
     pub data_dir: PathBuf,
     stop: CancellationToken,
@@ -30,12 +29,13 @@ pub struct TestApp {
 
 /// Settings small enough for tests; callers adjust them.
 pub fn test_settings() -> Settings {
-    Settings {
-        memory_cache: Some(ByteSize::mib(128)),
-        disk_cache: Some(ByteSize::mib(256)),
+    let mut s = Settings {
         shutdown_grace: Some(Duration::from_secs(5)),
         ..Settings::default()
-    }
+    };
+    s.cache.memory_cache = Some(ByteSize::mib(128));
+    s.cache.disk_cache = Some(ByteSize::mib(256));
+    s
 }
 
 impl TestApp {
@@ -57,14 +57,12 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let app = App::build(config).await.expect("build app");
-        let state = app.state().clone();
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(app.serve(listener, async move { signal.cancelled().await }));
         TestApp {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-            state,
             dir: Some(dir),
             data_dir,
             stop,
@@ -156,34 +154,79 @@ impl TestApp {
         key
     }
 
-    pub fn store_gets(&self) -> u64 {
-        self.state.store_stats.gets.load(Ordering::Relaxed)
+    /// The node's /stats.
+    pub async fn stats(&self) -> serde_json::Value {
+        let resp = self.client.get(self.url("/stats")).send().await.expect("GET /stats");
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("JSON /stats")
     }
 
-    pub fn store_bytes_read(&self) -> u64 {
-        self.state.store_stats.bytes_read.load(Ordering::Relaxed)
+    /// One counter of /stats, by its path: `store.gets`, `metrics.fills`, ...
+    pub async fn stat(&self, path: &str) -> u64 {
+        let stats = self.stats().await;
+        let mut v = &stats;
+        for part in path.split('.') {
+            v = &v[part];
+        }
+        v.as_u64().unwrap_or_else(|| panic!("no counter {path} in {stats}"))
     }
 
-    pub fn pending_blobs(&self) -> u64 {
-        self.state.blobs.replicator().snapshot().pending_blobs
+    /// The node's `/blobs/{md5}/status`.
+    pub async fn status(&self, key: &BlobKey) -> serde_json::Value {
+        let resp = self
+            .client
+            .get(self.url(&format!("/blobs/{key}/status")))
+            .send()
+            .await
+            .expect("GET status");
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("JSON status")
+    }
+
+    pub async fn store_gets(&self) -> u64 {
+        self.stat("store.gets").await
+    }
+
+    pub async fn store_bytes_read(&self) -> u64 {
+        self.stat("store.bytes_read").await
+    }
+
+    pub async fn pending_blobs(&self) -> u64 {
+        self.stat("replication.pending_blobs").await
     }
 
     /// Wait until every acknowledged blob reached the store.
     pub async fn replicated(&self) {
-        eventually("the pending queue to empty", || self.pending_blobs() == 0).await;
-    }
-
-    /// Wait until the cache holds `key` as a complete blob.
-    pub async fn cached(&self, key: &BlobKey) {
-        eventually_async("the blob to be cached", || async {
-            self.state.blobs.cache().meta(key).await.is_some()
+        eventually_async("the pending queue to empty", || async {
+            self.pending_blobs().await == 0
         })
         .await;
     }
 
-    /// Files left anywhere in the spool (temporary or pending).
+    /// Wait until the node believes the store answers (its circuit is closed).
+    pub async fn store_answers(&self) {
+        eventually_async("the store's circuit to close", || async {
+            self.stats().await["store"]["circuit"] == "closed"
+        })
+        .await;
+    }
+
+    /// Whether this node's cache holds `key` as a complete blob.
+    pub async fn is_cached(&self, key: &BlobKey) -> bool {
+        self.status(key).await["cached"] == true
+    }
+
+    /// Wait until the cache holds `key` as a complete blob.
+    pub async fn cached(&self, key: &BlobKey) {
+        eventually_async("the blob to be cached", || self.is_cached(key)).await;
+    }
+
+    /// Blob files left anywhere in the spool (temporary or pending; not their digests).
     pub fn spool_files(&self) -> Vec<PathBuf> {
         files_under(&self.data_dir.join("spool"))
+            .into_iter()
+            .filter(|p| p.extension().is_none_or(|e| e != "sums"))
+            .collect()
     }
 
     /// Blobs in the store (ignoring its temp dir).

@@ -21,7 +21,7 @@ pub async fn node(s3: &S3Server) -> TestApp {
 /// A node that waits long for a stalled S3 body, so a test decides when a stall ends.
 pub async fn patient_node(s3: &S3Server) -> TestApp {
     let mut settings = node_settings(s3);
-    settings.s3_timeout = Some(Duration::from_secs(60));
+    settings.store.s3_timeout = Some(Duration::from_secs(60));
     TestApp::spawn_with(settings).await
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use blobcache::config::Settings;
 use blobcache::key::BlobKey;
+use blobcache::store::StoreSettings;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -60,6 +61,8 @@ type Body = http_body_util::combinators::BoxBody<bytes::Bytes, s3s::StdError>;
 
 struct Shared {
     log: Mutex<Vec<Seen>>,
+    /// Requests waiting on a `Fault::Hold` (or that waited on one).
+    held: std::sync::atomic::AtomicUsize,
     fault: Mutex<Option<(Matcher, Fault)>>,
     released: tokio::sync::watch::Sender<bool>,
 }
@@ -68,6 +71,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             log: Mutex::default(),
+            held: Default::default(),
             fault: Mutex::default(),
             released: tokio::sync::watch::Sender::new(false),
         }
@@ -184,6 +188,11 @@ impl S3Server {
         self.shared.released.send_replace(true);
     }
 
+    /// How many requests a `Fault::Hold` has caught.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.log.lock().unwrap().clone()
     }
@@ -207,8 +216,8 @@ impl S3Server {
     }
 
     /// `base` with the settings of a blobcache node in front of this server.
-    pub fn settings_over(&self, base: Settings) -> Settings {
-        Settings {
+    pub fn settings_over(&self, mut base: Settings) -> Settings {
+        base.store = StoreSettings {
             store: Some(format!("s3://{BUCKET}/{PREFIX}")),
             s3_endpoint: Some(self.endpoint()),
             s3_region: Some("us-east-1".into()),
@@ -216,8 +225,9 @@ impl S3Server {
             s3_access_key_id: Some(ACCESS_KEY.into()),
             s3_secret_access_key: Some(SECRET_KEY.into()),
             s3_timeout: Some(Duration::from_secs(2)),
-            ..base
-        }
+            ..base.store
+        };
+        base
     }
 
     /// An S3 client of its own: "another tool" writing to the bucket.
@@ -333,6 +343,7 @@ async fn answer(
             .body(s3s::Body::empty().boxed())
             .unwrap(),
         Some(Fault::Hold) => {
+            shared.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = shared.released.subscribe().wait_for(|r| *r).await;
             service.call(req.map(s3s::Body::from)).await?.map(|b| b.boxed())
         }

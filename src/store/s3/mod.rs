@@ -8,6 +8,7 @@
 //! Every request is bounded in time: a slow or silent server becomes a
 //! retryable error, never a hang.
 
+mod journal;
 mod upload;
 
 use std::ops::Range;
@@ -25,15 +26,15 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use futures::{StreamExt, stream};
 use std::path::Path;
 
-use super::{ByteStream, Store, StoreError, StoreErrorKind, StoreOptions};
+use super::{ByteStream, Store, StoreConfig, StoreError, StoreErrorKind};
 use crate::key::BlobKey;
 
-/// Per-call limits: each attempt may take `attempt`; with retries, three times that in all.
-fn time_limits(attempt: Duration) -> aws_sdk_s3::config::Builder {
+/// Per-call limits: the whole call, retries included, may take `limit`.
+fn time_limits(limit: Duration) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::new().timeout_config(
         TimeoutConfig::builder()
-            .operation_attempt_timeout(attempt)
-            .operation_timeout(attempt * 3)
+            .operation_attempt_timeout(limit)
+            .operation_timeout(limit)
             .build(),
     )
 }
@@ -50,6 +51,8 @@ pub struct S3Store {
     timeout: Duration,
     multipart_threshold: u64,
     part_size: u64,
+    /// Multipart uploads under way, recorded so a crash cannot leave them behind.
+    journal: journal::Journal,
 }
 
 /// Split `s3://bucket[/prefix]`.
@@ -78,8 +81,9 @@ impl S3Store {
     /// Set up a client for `s3://bucket[/prefix]`. Credentials and (unless
     /// given) region and endpoint come from the standard AWS chain; nothing is
     /// sent yet: `probe` is the first request.
-    pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<S3Store> {
-        let (bucket, prefix) = parse_url(url)?;
+    pub async fn open(options: &StoreConfig, journal_dir: &Path) -> anyhow::Result<S3Store> {
+        let (bucket, prefix) = parse_url(&options.store)?;
+        let journal = journal::Journal::open(&journal_dir.join("s3-multipart"))?;
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -119,7 +123,7 @@ impl S3Store {
         }
         let endpoint = sdk.endpoint_url().map(str::to_string);
         let place = match &endpoint {
-            Some(e) => format!("bucket {bucket:?} at {}", crate::config::mask_userinfo(e)),
+            Some(e) => format!("bucket {bucket:?} at {}", super::mask_userinfo(e)),
             None => format!("bucket {bucket:?} on AWS S3"),
         };
         Ok(S3Store {
@@ -130,6 +134,7 @@ impl S3Store {
             timeout,
             multipart_threshold: options.s3_multipart_threshold.as_u64(),
             part_size: options.s3_part_size.as_u64(),
+            journal,
         })
     }
 
@@ -285,8 +290,12 @@ impl Store for S3Store {
         .boxed())
     }
 
-    async fn put_file(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
-        self.upload(key, path, size).await
+    fn part_size(&self, size: u64) -> Option<u64> {
+        (size > self.multipart_threshold).then_some(self.part_size)
+    }
+
+    async fn put_file(&self, key: &BlobKey, path: &Path, size: u64, part_md5s: &[[u8; 16]]) -> Result<(), StoreError> {
+        self.upload(key, path, size, part_md5s).await
     }
 
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
@@ -318,6 +327,10 @@ impl Store for S3Store {
             .await
             .map_err(|e| self.error("HeadBucket", None, e))?;
         Ok(())
+    }
+
+    async fn recover(&self) -> Result<(), StoreError> {
+        self.abort_unfinished().await
     }
 }
 

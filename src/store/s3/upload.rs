@@ -34,13 +34,61 @@ impl S3Store {
         time_limits(upload_timeout(self.timeout, bytes))
     }
 
-    /// Store a local file as the blob's object: in parts above the multipart threshold.
-    pub(super) async fn upload(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
+    /// Store a local file as the blob's object: in parts above the multipart
+    /// threshold, each sent with the MD5 the caller took from checked bytes.
+    pub(super) async fn upload(
+        &self,
+        key: &BlobKey,
+        path: &Path,
+        size: u64,
+        part_md5s: &[[u8; 16]],
+    ) -> Result<(), StoreError> {
         if size > self.multipart_threshold {
-            self.put_multipart(key, path, size).await
+            let parts = size.div_ceil(self.part_size) as usize;
+            if part_md5s.len() != parts {
+                return Err(StoreError::new(
+                    StoreErrorKind::Permanent,
+                    format!(
+                        "an upload of {key} in {parts} parts came with {} part digests",
+                        part_md5s.len()
+                    ),
+                ));
+            }
+            self.put_multipart(key, path, size, part_md5s).await
         } else {
             self.put_single(key, path, size).await
         }
+    }
+
+    /// Abort the multipart uploads an earlier run recorded and did not finish.
+    pub(super) async fn abort_unfinished(&self) -> Result<(), StoreError> {
+        let unfinished = self.journal.unfinished().map_err(|e| {
+            StoreError::new(StoreErrorKind::Permanent, "cannot read the multipart journal").with_source(e)
+        })?;
+        for u in unfinished {
+            let sent = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&u.object)
+                .upload_id(&u.upload_id)
+                .customize()
+                .config_override(self.answer_limits())
+                .send()
+                .await;
+            match sent.map_err(|e| self.error("AbortMultipartUpload", None, e)) {
+                // Gone already (completed, or aborted by a lifecycle rule): nothing to do.
+                Ok(_) => {
+                    tracing::info!(object = %u.object, upload_id = %u.upload_id, "aborted a multipart upload an earlier run left unfinished")
+                }
+                Err(e) if e.kind() == StoreErrorKind::NotFound || e.kind() == StoreErrorKind::Permanent => {
+                    tracing::info!(object = %u.object, error = %crate::error_chain(&e), "an unfinished multipart upload is gone already")
+                }
+                Err(e) => return Err(e),
+            }
+            self.journal.end(&u.path).await;
+        }
+        Ok(())
     }
 
     async fn put_single(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
@@ -61,7 +109,13 @@ impl S3Store {
         Ok(())
     }
 
-    async fn put_multipart(&self, key: &BlobKey, path: &Path, size: u64) -> Result<(), StoreError> {
+    async fn put_multipart(
+        &self,
+        key: &BlobKey,
+        path: &Path,
+        size: u64,
+        part_md5s: &[[u8; 16]],
+    ) -> Result<(), StoreError> {
         let object = self.object_key(key);
         let created = self
             .client
@@ -85,13 +139,21 @@ impl S3Store {
             ));
         }
         // Whatever ends this upload early (an error, or the task being dropped),
-        // the parts already sent are discarded at the server.
+        // the parts already sent are discarded at the server; a crash leaves
+        // the journal record, and the next start aborts it.
         let mut abort = AbortOnDrop {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             object: object.clone(),
             upload_id: Some(upload_id.clone()),
         };
+        let record = self.journal.begin(&object, &upload_id).await.map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                "cannot record a multipart upload in the journal",
+            )
+            .with_source(e)
+        })?;
         let part_size = self.part_size;
         let count = size.div_ceil(part_size);
         let upload = Multipart {
@@ -103,7 +165,13 @@ impl S3Store {
         let parts: Result<Vec<CompletedPart>, StoreError> = stream::iter(0..count)
             .map(|i| {
                 let offset = i * part_size;
-                self.put_part(&upload, i as i32 + 1, offset..offset + part_size.min(size - offset))
+                let md5 = part_md5s[i as usize];
+                self.put_part(
+                    &upload,
+                    i as i32 + 1,
+                    offset..offset + part_size.min(size - offset),
+                    md5,
+                )
             })
             .buffered(PART_CONCURRENCY)
             .try_collect()
@@ -128,10 +196,13 @@ impl S3Store {
         match done {
             Ok(()) => {
                 abort.upload_id = None;
+                self.journal.end(&record).await;
                 Ok(())
             }
             Err(e) => {
-                abort.now().await;
+                if abort.now().await {
+                    self.journal.end(&record).await;
+                }
                 Err(e)
             }
         }
@@ -143,9 +214,9 @@ impl S3Store {
         upload: &Multipart<'_>,
         number: i32,
         part: Range<u64>,
+        md5: [u8; 16],
     ) -> Result<CompletedPart, StoreError> {
         let (key, offset, len) = (upload.key, part.start, part.end - part.start);
-        let md5 = part_md5(key, upload.path.clone(), offset, len).await?;
         let body = file_body(key, &upload.path, offset, len).await?;
         let out = self
             .client
@@ -186,7 +257,7 @@ struct AbortOnDrop {
 }
 
 impl AbortOnDrop {
-    fn request(&self, upload_id: String) -> impl Future<Output = ()> + Send + 'static {
+    fn request(&self, upload_id: String) -> impl Future<Output = bool> + Send + 'static {
         let req = self
             .client
             .abort_multipart_upload()
@@ -196,18 +267,26 @@ impl AbortOnDrop {
         let object = self.object.clone();
         async move {
             match req.send().await {
-                Ok(_) => tracing::info!(%object, %upload_id, "aborted an unfinished multipart upload"),
-                Err(e) => tracing::warn!(
-                    %object, %upload_id, error = %crate::error_chain(&e),
-                    "could not abort an unfinished multipart upload; a bucket lifecycle rule will have to"
-                ),
+                Ok(_) => {
+                    tracing::info!(%object, %upload_id, "aborted an unfinished multipart upload");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %object, %upload_id, error = %crate::error_chain(&e),
+                        "could not abort an unfinished multipart upload; the next start tries again"
+                    );
+                    false
+                }
             }
         }
     }
 
-    async fn now(&mut self) {
-        if let Some(id) = self.upload_id.take() {
-            self.request(id).await;
+    /// Abort now; whether the store confirmed it.
+    async fn now(&mut self) -> bool {
+        match self.upload_id.take() {
+            Some(id) => self.request(id).await,
+            None => true,
         }
     }
 }
@@ -217,6 +296,7 @@ impl Drop for AbortOnDrop {
         if let Some(id) = self.upload_id.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
+            // The journal record stays: if this abort fails, the next start retries it.
             rt.spawn(self.request(id));
         }
     }
@@ -241,37 +321,6 @@ async fn file_body(key: &BlobKey, path: &Path, offset: u64, len: u64) -> Result<
             )
             .with_source(e)
         })
-}
-
-/// The MD5 of a byte range of a file, hashed on a blocking thread.
-async fn part_md5(key: &BlobKey, path: Arc<PathBuf>, offset: u64, len: u64) -> Result<[u8; 16], StoreError> {
-    use md5::{Digest, Md5};
-    use std::io::{Read, Seek, SeekFrom};
-    let key = *key;
-    tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 16]> {
-        let mut file = std::fs::File::open(path.as_path())?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut reader = file.take(len);
-        let mut hasher = Md5::new();
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finalize().into())
-    })
-    .await
-    .map_err(|e| StoreError::new(StoreErrorKind::Permanent, "part hash task failed").with_source(e))?
-    .map_err(|e| {
-        StoreError::new(
-            StoreErrorKind::Permanent,
-            format!("cannot read the spool file of {key} for upload"),
-        )
-        .with_source(e)
-    })
 }
 
 #[cfg(test)]

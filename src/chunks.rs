@@ -1,4 +1,6 @@
-//! Chunk arithmetic: which chunks a byte range touches, and each chunk's bytes.
+//! Chunks: a blob is cached, checked and read again in fixed-size chunks. This is
+//! their arithmetic (which chunks a byte range touches) and their digest, the
+//! check recorded for each chunk when the whole blob was verified against its MD5.
 
 use std::ops::Range;
 
@@ -30,6 +32,17 @@ pub fn slice_within(index: u32, range: &Range<u64>, chunk_size: u64) -> Range<us
     let end = (range.end - chunk_start).min(chunk_size);
     start as usize..end as usize
 }
+
+/// The digest of one chunk's bytes. Recorded when the whole blob matched its
+/// MD5 (at ingest, or when a fill from the store completes), and checked
+/// whenever the chunk is read again from the spool or the store. xxh3 runs at
+/// many GB/s, so the check costs next to nothing beside the MD5 of the blob.
+pub fn digest(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(bytes)
+}
+
+/// The chunk digests of a whole blob, in chunk order.
+pub type Digests = std::sync::Arc<[u64]>;
 
 #[cfg(test)]
 mod tests {

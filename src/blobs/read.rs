@@ -1,0 +1,237 @@
+//! Reads: stream what the lookup found. Cache hits stream chunks from the
+//! cache; a chunk the cache has lost is read again from the spool or the store
+//! and checked against the digest recorded when the blob was verified. Spool
+//! reads are checked chunk by chunk. Full cold reads join a fill (`fill.rs`);
+//! ranged cold reads fetch just the chunks they cover.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream;
+use tokio::sync::{OnceCell, watch};
+
+use super::fill::{FillState, PUBLISH_BYTES};
+use super::{BlobError, BodyStream, Found, Location, Parts};
+use crate::chunks::{self, Digests};
+use crate::key::BlobKey;
+use crate::replication::{SpoolBlob, SpoolError};
+
+/// Chunks fetched ahead of the one being sent, per reader.
+pub(super) const READAHEAD: usize = 4;
+
+/// Receives a chunk's bytes as they arrive from the store.
+pub(super) type Publish = Box<dyn FnMut(Vec<Bytes>) + Send>;
+
+/// The read side of the service.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pub(super) parts: Arc<Parts>,
+    pub(super) fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
+}
+
+/// What one read knows about where a lost chunk can be read again. The
+/// pending file is resolved once per read, and only if a chunk needs it.
+#[derive(Debug)]
+pub(super) struct Origin {
+    pub(super) key: BlobKey,
+    pub(super) size: u64,
+    /// The digests recorded when the blob was verified; `None` for a ranged
+    /// read of a blob no one has verified yet.
+    pub(super) digests: Option<Digests>,
+    spool: OnceCell<Option<Arc<SpoolBlob>>>,
+}
+
+impl Origin {
+    pub(super) fn new(key: BlobKey, size: u64, digests: Option<Digests>, spool: Option<Arc<SpoolBlob>>) -> Arc<Self> {
+        let cell = match spool {
+            Some(blob) => OnceCell::new_with(Some(Some(blob))),
+            None => OnceCell::new(),
+        };
+        Arc::new(Origin {
+            key,
+            size,
+            digests,
+            spool: cell,
+        })
+    }
+}
+
+impl Reader {
+    pub(super) fn new(parts: Arc<Parts>) -> Self {
+        Reader {
+            parts,
+            fills: Mutex::default(),
+        }
+    }
+
+    pub(super) async fn read(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<BodyStream, BlobError> {
+        let bytes_out = self.parts.stats.bytes_out.clone();
+        let mut stream = self.read_uncounted(found, range).await?;
+        // Wait for the first bytes before answering: a store that fails at once
+        // (or a one-chunk blob that fails its check) gets an error status, not a
+        // 200 that breaks off.
+        let stream = match stream.next().await {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(first)) => stream::once(async move { Ok(first) }).chain(stream).boxed(),
+            None => stream,
+        };
+        Ok(stream
+            .inspect(move |part| {
+                if let Ok(bytes) = part {
+                    bytes_out.inc_by(bytes.len() as u64);
+                }
+            })
+            .boxed())
+    }
+
+    async fn read_uncounted(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<BodyStream, BlobError> {
+        let Found { key, size, location } = found;
+        debug_assert!(range.end <= size && range.start <= range.end);
+        match location {
+            Location::Spool(blob) => Ok(self.spool_stream(blob, range)),
+            Location::Store if range.start == 0 && range.end == size => self.read_through_full(key, size).await,
+            Location::Store => Ok(self.chunk_stream(Origin::new(key, size, None, None), range)),
+            Location::Cache(meta) => Ok(self.chunk_stream(Origin::new(key, size, Some(meta.digests), None), range)),
+        }
+    }
+
+    /// The chunks of `range` of a pending blob, each checked as it is read.
+    fn spool_stream(self: &Arc<Self>, blob: Arc<SpoolBlob>, range: Range<u64>) -> BodyStream {
+        let cs = blob.chunk_size();
+        let reader = self.clone();
+        stream::iter(chunks::covering(&range, cs))
+            .map(move |i| {
+                let (blob, reader, range) = (blob.clone(), reader.clone(), range.clone());
+                async move {
+                    let chunk = reader.spool_chunk(&blob, i).await?;
+                    Ok(chunk.slice(chunks::slice_within(i, &range, cs)))
+                }
+            })
+            .buffered(2)
+            .boxed()
+    }
+
+    /// One checked chunk of a pending blob; a damaged blob is moved aside and reported.
+    async fn spool_chunk(&self, blob: &Arc<SpoolBlob>, index: u32) -> Result<Bytes, BlobError> {
+        let b = blob.clone();
+        match tokio::task::spawn_blocking(move || b.read_chunk(index))
+            .await
+            .expect("spool read task")
+        {
+            Ok(bytes) => Ok(bytes),
+            Err(SpoolError::Damaged { key, what }) => {
+                self.parts.stats.integrity_failures.inc();
+                self.parts.cache.remove_blob(&key, blob.size);
+                self.parts.replicator.damaged(&key, &what).await;
+                Err(BlobError::Spool(SpoolError::Damaged { key, what }))
+            }
+            Err(e) => Err(BlobError::Spool(e)),
+        }
+    }
+
+    /// Chunks of `range`, each from the cache or fetched once from its origin.
+    pub(super) fn chunk_stream(self: &Arc<Self>, origin: Arc<Origin>, range: Range<u64>) -> BodyStream {
+        let cs = self.parts.chunk_size();
+        let reader = self.clone();
+        stream::iter(chunks::covering(&range, cs))
+            .map(move |i| {
+                let (reader, origin, range) = (reader.clone(), origin.clone(), range.clone());
+                async move {
+                    let bytes = reader.chunk(&origin, i, None).await?;
+                    Ok(bytes.slice(chunks::slice_within(i, &range, cs)))
+                }
+            })
+            .buffered(READAHEAD)
+            .boxed()
+    }
+
+    /// One chunk: from the cache, or read once from the origin and cached. If
+    /// this call is the one that reads the store, the bytes go to `publish` as
+    /// they arrive.
+    pub(super) async fn chunk(
+        self: &Arc<Self>,
+        origin: &Arc<Origin>,
+        index: u32,
+        publish: Option<Publish>,
+    ) -> Result<Bytes, BlobError> {
+        let (reader, o) = (self.clone(), origin.clone());
+        Ok(self
+            .parts
+            .cache
+            .chunk_or_fetch(&origin.key, index, move || async move {
+                reader.read_origin(&o, index, publish).await
+            })
+            .await?)
+    }
+
+    /// Read chunk `index` again from where the blob lives: the pending spool
+    /// (checked there), else the store; checked against the recorded digest if
+    /// there is one.
+    async fn read_origin(&self, origin: &Origin, index: u32, publish: Option<Publish>) -> Result<Bytes, BlobError> {
+        let key = origin.key;
+        let spool = origin
+            .spool
+            .get_or_try_init(|| async {
+                let blob = self
+                    .parts
+                    .replicator
+                    .open_pending(&key)
+                    .await
+                    .map_err(BlobError::Spool)?;
+                Ok::<_, BlobError>(blob.map(Arc::new))
+            })
+            .await?;
+        if let Some(blob) = spool {
+            return self.spool_chunk(blob, index).await;
+        }
+        let range = chunks::bounds(index, origin.size, self.parts.chunk_size());
+        let bytes = self.read_store(key, range, publish).await?;
+        if let Some(digests) = &origin.digests
+            && chunks::digest(&bytes) != digests[index as usize]
+        {
+            let what = format!(
+                "chunk {index} read again from the store does not match the digest recorded when the blob was verified"
+            );
+            self.parts.integrity_failure(&key, origin.size, &what);
+            return Err(BlobError::ChunkIntegrity { key, chunk: index });
+        }
+        Ok(bytes)
+    }
+
+    /// A byte range from the store, handed to `publish` as it arrives.
+    async fn read_store(
+        &self,
+        key: BlobKey,
+        range: Range<u64>,
+        mut publish: Option<Publish>,
+    ) -> Result<Bytes, BlobError> {
+        let want = (range.end - range.start) as usize;
+        let mut body = self.parts.store.get(&key, range).await?;
+        let mut buf = BytesMut::with_capacity(want);
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        while let Some(part) = body.next().await {
+            let part = part?;
+            if buf.len() + part.len() > want {
+                break;
+            }
+            buf.extend_from_slice(&part);
+            if let Some(publish) = &mut publish {
+                batched += part.len();
+                batch.push(part);
+                // The first bytes go out at once (time to first byte); then in batches.
+                if batched >= PUBLISH_BYTES || buf.len() == want || buf.len() == batched {
+                    publish(std::mem::take(&mut batch));
+                    batched = 0;
+                }
+            }
+        }
+        if buf.len() != want {
+            return Err(BlobError::ShortRead { key });
+        }
+        Ok(buf.freeze())
+    }
+}
