@@ -48,7 +48,10 @@ impl App {
         // Before the cache opens, so a node that will not start leaves it untouched.
         let cache_dir = data.join("cache");
         let had_cache = std::fs::read_dir(&cache_dir).is_ok_and(|mut d| d.next().is_some());
-        check_store_at_start(&*metered, &config.store.store, had_cache || !pending.is_empty()).await?;
+        if let Err(e) = check_store_at_start(&*metered, &config.store.store, had_cache || !pending.is_empty()).await? {
+            // Serving what this node has, with the store known to be failing from the start.
+            breaker.trip(&e);
+        }
         let cache = BlobCache::open(&cache_dir, &config.cache, &registry)
             .await
             .context("opening the cache")?;
@@ -190,9 +193,14 @@ async fn recover_store(store: Arc<Breaker>, stop: CancellationToken) {
 /// to serve (on a first start that is most often a wrong endpoint); a node with
 /// a cache or pending uploads from an earlier run starts anyway, serves what it
 /// has and reports not ready on /readyz until the store answers.
-async fn check_store_at_start(store: &dyn Store, url: &str, has_data: bool) -> anyhow::Result<()> {
+/// Returns the error of a store that cannot be reached, when the node starts anyway.
+async fn check_store_at_start(
+    store: &dyn Store,
+    url: &str,
+    has_data: bool,
+) -> anyhow::Result<Result<(), store::StoreError>> {
     let Err(e) = store.probe().await else {
-        return Ok(());
+        return Ok(Ok(()));
     };
     let reason = crate::error_chain(&e);
     if e.is_retryable() && has_data {
@@ -200,7 +208,7 @@ async fn check_store_at_start(store: &dyn Store, url: &str, has_data: bool) -> a
             store = url, error = %reason,
             "the store cannot be reached; serving this node's cache and spool until it can (not ready meanwhile)"
         );
-        return Ok(());
+        return Ok(Err(e));
     }
     match e.kind() {
         store::StoreErrorKind::Unavailable => {

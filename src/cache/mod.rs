@@ -399,3 +399,22 @@ pub enum FetchError<E: std::error::Error + 'static> {
     #[error(transparent)]
     Cache(CacheError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_other_chunk_sizes_read_as_absent() {
+        let meta = BlobMeta {
+            size: 10 * 4096 + 5,
+            verified_at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            digests: (0..11u64).collect::<Vec<_>>().into(),
+        };
+        let bytes = meta.encode(4096);
+        assert_eq!(BlobMeta::decode(&bytes, 4096), Some(meta));
+        assert_eq!(BlobMeta::decode(&bytes, 8192), None);
+        assert_eq!(BlobMeta::decode(&bytes[..bytes.len() - 1], 4096), None);
+        assert_eq!(BlobMeta::decode(&[1, 2, 3], 4096), None);
+    }
+}

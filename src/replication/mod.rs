@@ -320,20 +320,21 @@ impl Replicator {
     /// to `spool/damaged/`, and drop it from the queue. If the store has no
     /// good copy, the blob is lost: nothing here can bring it back.
     pub async fn damaged(&self, key: &BlobKey, what: &str) {
-        self.c.damaged.inc();
-        tracing::error!(%key, %what, "a pending blob is damaged on this node's disk; moved to spool/damaged, not served and not uploaded");
         {
             let mut state = self.state.lock().expect("queue lock");
-            if let Some(p) = state.get_mut(key) {
-                if !p.deleted && !p.damaged {
-                    self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
-                }
-                p.damaged = true;
-                if !p.uploading {
-                    state.remove(key);
-                }
+            let Some(p) = state.get_mut(key).filter(|p| !p.damaged) else {
+                return; // found and handled already (by a reader or an uploader)
+            };
+            if !p.deleted {
+                self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
+            }
+            p.damaged = true;
+            if !p.uploading {
+                state.remove(key);
             }
         }
+        self.c.damaged.inc();
+        tracing::error!(%key, %what, "a pending blob is damaged on this node's disk; moved to spool/damaged, not served and not uploaded");
         let (spool, k) = (self.spool.clone(), *key);
         if let Err(e) = tokio::task::spawn_blocking(move || spool.quarantine(&k))
             .await
@@ -448,8 +449,17 @@ impl Replicator {
         let mut health = self.store_health.clone();
         loop {
             let idle = self.idle.notified();
-            if self.state.lock().expect("queue lock").is_empty() {
-                return true;
+            {
+                let state = self.state.lock().expect("queue lock");
+                if state.is_empty() {
+                    return true;
+                }
+                // Everything left has failed and waits for a retry: the store is
+                // not taking uploads now, and the spool keeps them safe.
+                if state.values().all(|p| !p.uploading && p.failures > 0) {
+                    tracing::info!("the uploads left have failed and wait for a retry: not waiting for them");
+                    return false;
+                }
             }
             if !*health.borrow_and_update() {
                 tracing::info!("the store is failing: not waiting for uploads");

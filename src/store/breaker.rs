@@ -113,6 +113,25 @@ impl Breaker {
         }
     }
 
+    /// Open the circuit now: the store failed a check made outside the
+    /// breaker (the probe at start-up). A probe closes it once the store answers.
+    pub fn trip(&self, e: &StoreError) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if state.open_since.is_none() {
+            self.open(&mut state, e);
+        }
+    }
+
+    fn open(&self, state: &mut State, e: &StoreError) {
+        state.open_since = Some(Instant::now());
+        self.trips.inc();
+        self.healthy.send_replace(false);
+        tracing::warn!(error = %crate::error_chain(e), "the store is failing: its requests fail at once until it answers again");
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(me.probe_until_healthy());
+        }
+    }
+
     fn record<T>(&self, started: Instant, r: &Result<T, StoreError>) {
         let unavailable = matches!(r, Err(e) if e.kind() == StoreErrorKind::Unavailable);
         let mut state = self.state.lock().expect("breaker lock");
@@ -122,16 +141,11 @@ impl Breaker {
         }
         state.failures_in_a_row += 1;
         let trip = state.failures_in_a_row >= TRIP_AFTER || started.elapsed() >= self.slow;
-        if trip && state.open_since.is_none() {
-            state.open_since = Some(Instant::now());
-            self.trips.inc();
-            self.healthy.send_replace(false);
-            if let Err(e) = r {
-                tracing::warn!(error = %crate::error_chain(e), "the store is failing: its requests fail at once until it answers again");
-            }
-            if let Some(me) = self.me.upgrade() {
-                tokio::spawn(me.probe_until_healthy());
-            }
+        if trip
+            && state.open_since.is_none()
+            && let Err(e) = r
+        {
+            self.open(&mut state, e);
         }
     }
 

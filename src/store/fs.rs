@@ -26,11 +26,19 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Open (and create) the store directory; leftovers of interrupted writes are removed.
+    /// Open (and create) the store directory; leftovers of interrupted writes
+    /// are removed. A directory that cannot be used yet (a disk not mounted, a
+    /// broken staging directory) is not an error here: like an unreachable S3,
+    /// it is what `probe` reports, so a node with data to serve still starts.
     pub async fn open(root: &Path) -> io::Result<Self> {
         let tmp = root.join(".tmp");
-        tokio::fs::create_dir_all(&tmp).await?;
-        fsutil::clear_dir(&tmp).await?;
+        let prepared = async {
+            tokio::fs::create_dir_all(&tmp).await?;
+            fsutil::clear_dir(&tmp).await
+        };
+        if let Err(e) = prepared.await {
+            tracing::warn!(store = %root.display(), error = %e, "the local store cannot be prepared yet");
+        }
         Ok(FsStore {
             root: root.to_path_buf(),
             tmp,
