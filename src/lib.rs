@@ -8,10 +8,12 @@
 //! - [`replication`]: the durable spool and the upload workers.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`config`], [`app`]: configuration, start-up and shutdown.
+//! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 
 pub mod app;
 pub mod blobs;
 pub mod cache;
+pub mod client;
 pub mod config;
 mod fsutil;
 pub mod http;

@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Validate the configuration and print the effective values.
     CheckConfig(ConfigArgs),
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]

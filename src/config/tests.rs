@@ -7,6 +7,7 @@ fn parse(args: &[&str]) -> Result<ConfigArgs, clap::Error> {
     full.extend_from_slice(args);
     Cli::try_parse_from(full).map(|c| match c.command {
         Command::Serve(a) | Command::CheckConfig(a) => a,
+        Command::Client(_) => unreachable!("parsed `serve`"),
     })
 }
 
