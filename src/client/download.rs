@@ -169,10 +169,10 @@ async fn fetch(
         _ => return Err(api::error_from(resp, &context).await),
     };
     if let Some(total) = total {
-        bar.set_length(total);
+        progress::set_total(bar, total);
     }
     bar.set_position(got.len);
-    bar.set_message("");
+    bar.set_message("receiving");
     let mut body = resp.bytes_stream();
     loop {
         let next = tokio::time::timeout(IDLE_TIMEOUT, body.next()).await;

@@ -1,6 +1,7 @@
 //! `blobcache get`: download a blob, verify its MD5 as it streams, and resume
 //! an interrupted download from the partial file it left.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -40,6 +41,9 @@ async fn get(args: GetArgs) -> Result<(), ClientError> {
     let api = Api::connect(&args.remote)?;
     let key = args.md5;
     match args.output {
+        Some(p) if p.as_os_str() == "-" && std::io::stdout().is_terminal() => Err(ClientError::Usage(
+            "-o -: stdout is a terminal; redirect it, or write to a file with -o FILE".into(),
+        )),
         Some(p) if p.as_os_str() == "-" => to_stdout(&api, key).await,
         Some(p) if p.is_dir() => to_file(&api, key, p.join(key.to_string())).await,
         Some(p) => to_file(&api, key, p).await,
@@ -53,8 +57,15 @@ async fn to_stdout(api: &Api, key: BlobKey) -> Result<(), ClientError> {
     let bar = progress::bytes("stdout", None);
     let result = download(api, key, &mut sink, &mut got, &bar).await;
     bar.finish_and_clear();
-    result?;
-    sink.writer().flush().await.map_err(|e| sink.io_error(e))?;
+    let flushed = match result {
+        Ok(()) => sink.writer().flush().await.map_err(|e| sink.io_error(e)),
+        Err(e) => Err(e),
+    };
+    match flushed {
+        // The reader stopped reading (`| head`): it has what it wanted.
+        Err(ClientError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
     check(key, &got)
         .map_err(|msg| ClientError::Integrity(format!("{msg}; the bytes written to stdout are not the blob")))
 }
@@ -75,11 +86,14 @@ async fn to_file(api: &Api, key: BlobKey, target: PathBuf) -> Result<(), ClientE
     let label = target.display().to_string();
     let mut resumed = false;
     let mut got = Received::new();
-    if std::fs::metadata(&partial).is_ok_and(|m| m.is_file() && m.len() > 0) {
-        let bar = progress::bytes(&label, None);
+    let earlier = std::fs::metadata(&partial).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    if earlier > 0 {
+        // The bytes of an earlier run: hashed again, so only what is on disk counts.
+        let bar = progress::bytes(&label, Some(earlier));
         bar.set_message("checking");
         let (hasher, len) = super::hash_file(partial.clone(), bar.clone()).await?;
         bar.finish_and_clear();
+        progress::note(&format!("resuming from the {len} bytes in {}", partial.display()));
         got = Received { len, hasher };
         resumed = true;
     }

@@ -31,22 +31,31 @@ fn add(bar: ProgressBar, style: ProgressStyle) -> ProgressBar {
     }
 }
 
-/// A bar of bytes (done, total, rate, ETA); a spinner when the total is unknown.
+/// A bar of bytes (done, total, rate, ETA); a spinner until the total is known.
 pub fn bytes(label: &str, total: Option<u64>) -> ProgressBar {
-    let style = match total {
-        Some(_) => ProgressStyle::with_template(
-            "{prefix:.bold} {msg:9} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        ),
-        None => ProgressStyle::with_template("{spinner} {prefix:.bold} {msg:9} {binary_bytes} {binary_bytes_per_sec}"),
-    }
-    .expect("valid template")
-    .progress_chars("=> ");
-    let bar = add(ProgressBar::new(total.unwrap_or(0)), style);
-    if total.is_none() {
-        bar.unset_length();
+    let bar = add(ProgressBar::no_length(), bytes_style(false));
+    if let Some(total) = total {
+        set_total(&bar, total);
     }
     bar.set_prefix(short(label));
     bar
+}
+
+/// The total of a bytes bar is known now: show a bar with an ETA.
+pub fn set_total(bar: &ProgressBar, total: u64) {
+    bar.set_style(bytes_style(true));
+    bar.set_length(total);
+}
+
+fn bytes_style(known_total: bool) -> ProgressStyle {
+    let template = if known_total {
+        "{prefix:.bold} {msg:9} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}"
+    } else {
+        "{spinner} {prefix:.bold} {msg:9} {binary_bytes} {binary_bytes_per_sec}"
+    };
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 /// A bar of items (keys warmed out of the total).
@@ -64,6 +73,16 @@ pub fn note(line: &str) {
     if let Some(m) = multi() {
         m.suspend(|| eprintln!("blobcache: {line}"));
     }
+}
+
+/// A result line on stdout, without tearing the bars. A closed stdout (`| head`)
+/// is not an error worth a panic: the reader has what it wanted.
+pub fn out(text: &str) {
+    use std::io::Write;
+    suspend(|| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+    });
 }
 
 /// Print to stdout or stderr without tearing the bars.

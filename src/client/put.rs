@@ -92,7 +92,7 @@ pub async fn run(args: PutArgs) -> u8 {
         let key = done.key.map_or_else(|| "-".to_string(), |k| k.to_string());
         let size = done.size.map_or_else(|| "-".to_string(), |s| s.to_string());
         let status = *done.result.as_ref().unwrap_or(&"failed");
-        progress::suspend(|| println!("{key}  {size}  {status}  {}", done.path.display()));
+        progress::out(&format!("{key}  {size}  {status}  {}", done.path.display()));
         if let Err(e) = &done.result {
             match e {
                 // It names the file already.
@@ -169,7 +169,7 @@ async fn upload(
 ) -> Result<&'static str, ClientError> {
     let path = done.path.clone();
     let size = std::fs::metadata(&path).map_err(|e| ClientError::io(&path, e))?.len();
-    bar.set_length(size);
+    progress::set_total(bar, size);
     bar.set_message("hashing");
     let (hasher, size) = super::hash_file(path.clone(), bar.clone()).await?;
     let key = BlobKey::from_digest(hasher);

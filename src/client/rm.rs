@@ -32,7 +32,7 @@ pub async fn run(args: RmArgs) -> u8 {
     let mut code = exit::OK;
     for (key, answer) in keys.iter().zip(answers) {
         match answer {
-            Ok(status) => println!("{key}  {status}"),
+            Ok(status) => super::progress::out(&format!("{key}  {status}")),
             Err(e) => {
                 super::error::report(&e);
                 if code == exit::OK {

@@ -45,9 +45,9 @@ pub async fn run(args: StatArgs) -> u8 {
         }
     }
     if args.json {
-        println!("{}", Value::Array(found));
+        super::progress::out(&Value::Array(found).to_string());
     } else if !found.is_empty() {
-        print!("{}", table(&found));
+        super::progress::out(table(&found).trim_end());
     }
     code
 }

@@ -66,7 +66,7 @@ async fn warm(args: WarmArgs) -> Result<u8, ClientError> {
     let keys = parse_list(&text)?;
     if keys.is_empty() {
         progress::note("no MD5 in the list: nothing to warm");
-        println!("total 0  done 0  failed 0  not_found 0");
+        progress::out("total 0  done 0  failed 0  not_found 0");
         return Ok(exit::OK);
     }
     let api = Api::connect(&args.remote)?;
@@ -107,15 +107,15 @@ async fn warm(args: WarmArgs) -> Result<u8, ClientError> {
     };
     bar.finish_and_clear();
     for key in &job.failed_keys {
-        println!("{key}  failed");
+        progress::out(&format!("{key}  failed"));
     }
     for key in &job.not_found_keys {
-        println!("{key}  not_found");
+        progress::out(&format!("{key}  not_found"));
     }
-    println!(
+    progress::out(&format!(
         "total {}  done {}  failed {}  not_found {}",
         job.total, job.done, job.failed, job.not_found
-    );
+    ));
     Ok(if job.failed > 0 {
         exit::GENERAL
     } else if job.not_found > 0 {
