@@ -114,6 +114,8 @@ async fn to_file(api: &Api, key: BlobKey, target: PathBuf) -> Result<(), ClientE
             let result = download(api, key, &mut sink, &mut got, &bar).await;
             bar.finish_and_clear();
             if let Err(e) = result {
+                // Keep what arrived for the next run; it is hashed again then anyway.
+                let _ = sink.writer().flush().await;
                 if e.is_not_found() || got.len == 0 {
                     // Nothing worth resuming: leave no clutter.
                     let _ = std::fs::remove_file(&partial);

@@ -181,7 +181,8 @@ async fn upload(
     let resp = api.send(head, &api.url("")).await?;
     match resp.status() {
         StatusCode::OK => return Ok("exists"),
-        StatusCode::NOT_FOUND => {}
+        // 503: the node cannot ask its store; it can still take the blob into its spool.
+        StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE => {}
         _ => return Err(api::error_from(resp, &format!("HEAD {blob}")).await),
     }
 
