@@ -10,15 +10,18 @@
 //! - [`tombstones`]: the durable record of deletions.
 //! - [`metrics`]: the registry every module registers its own metrics in.
 //! - [`config`], [`app`]: configuration, start-up and shutdown.
+//! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 //!
 //! Dependencies point one way: `app` and `config` at everything; `http` at
 //! `blobs`; `blobs` at `cache`, `replication`, `store`, `tombstones`;
-//! `replication` at `store`; every module at `key`, `chunks`, `metrics`.
+//! `replication` at `store`; every module at `key`, `chunks`, `metrics`;
+//! `client` only at `key` (it speaks HTTP to a node).
 
 pub mod app;
 pub mod blobs;
 pub mod cache;
 pub mod chunks;
+pub mod client;
 pub mod config;
 mod fsutil;
 pub mod http;

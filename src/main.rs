@@ -15,6 +15,10 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
+    if let Command::Client(cmd) = cli.command {
+        // Client commands: no server tracing; their own error lines and exit codes.
+        return blobcache::client::main(cmd);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,6 +50,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("--listen {}", config.listen))?;
             blobcache::app::run(listener, config, shutdown_signal()).await
         }
+        Command::Client(_) => unreachable!("client commands return from main"),
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Validate the configuration and print the effective values.
     CheckConfig(ConfigArgs),
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -120,6 +122,7 @@ impl Cli {
         let (name, file) = match &cli.command {
             Command::Serve(a) => ("serve", &a.config),
             Command::CheckConfig(a) => ("check-config", &a.config),
+            Command::Client(_) => return Ok(cli),
         };
         let Some(path) = file.clone() else {
             return Ok(cli);
