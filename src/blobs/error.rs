@@ -83,6 +83,7 @@ impl From<UploadError> for BlobError {
         match e {
             UploadError::Store(s) => BlobError::Store(s),
             UploadError::Spool(s) => BlobError::Spool(s),
+            UploadError::Gone => BlobError::NotFound,
         }
     }
 }

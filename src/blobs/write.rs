@@ -12,13 +12,14 @@ use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::completions::Token;
 use super::error::BoxError;
 use super::lookup::{Lookup, Reach};
 use super::{BlobConfig, BlobError, Parts, WriteMode};
 use crate::cache::BlobMeta;
 use crate::chunks;
 use crate::key::BlobKey;
-use crate::replication::SpoolBlob;
+use crate::replication::{SpoolBlob, UploadError};
 
 /// Body frames queued between the network and the hashing and writing threads.
 const WRITE_QUEUE: usize = 16;
@@ -239,6 +240,13 @@ impl Writer {
         }
 
         let since = SystemTime::now();
+        // From here on, a DELETE of this blob revokes the cache warm below: a
+        // DELETE that lands while this PUT is made durable wins, as if it came after.
+        let token = self.parts.completions.begin(key);
+        let abandon = |e: BlobError| {
+            self.parts.completions.finish(&self.parts.cache, key, &token, None);
+            e
+        };
         // Opened right after the commit: the cache warm reads it even once an
         // upload (write-through) has removed it from the spool.
         let committed = tokio::task::spawn_blocking(move || {
@@ -247,18 +255,26 @@ impl Writer {
         })
         .await
         .expect("spool commit task")
-        .map_err(BlobError::io("make the upload durable"))?;
+        .map_err(BlobError::io("make the upload durable"))
+        .map_err(abandon)?;
         drop(reservation);
         if through {
-            replicator.upload_now(key, size, since).await?;
+            match replicator.upload_now(key, size, since).await {
+                // A DELETE won the race after the commit: this PUT happened, then the DELETE.
+                Ok(()) | Err(UploadError::Gone) => {}
+                Err(e) => return Err(abandon(e.into())),
+            }
         } else {
             replicator.enqueue(key, size, since);
         }
         tracing::debug!(%key, size, total = ?started.elapsed(), "upload stored");
         match committed {
-            Ok(Some(blob)) => self.warm(blob),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(%key, error = %crate::error_chain(&e), "could not cache a new blob"),
+            Ok(Some(blob)) => self.warm(blob, token),
+            Ok(None) => self.parts.completions.finish(&self.parts.cache, key, &token, None),
+            Err(e) => {
+                tracing::warn!(%key, error = %crate::error_chain(&e), "could not cache a new blob");
+                self.parts.completions.finish(&self.parts.cache, key, &token, None);
+            }
         }
         Ok(PutOutcome {
             md5: key,
@@ -269,15 +285,15 @@ impl Writer {
 
     /// Copy a just-written blob into the cache, a chunk at a time (each checked
     /// against its digest), in the background.
-    fn warm(&self, blob: SpoolBlob) {
+    fn warm(&self, blob: SpoolBlob, token: Token) {
         let parts = self.parts.clone();
         let (key, size) = (blob.key, blob.size);
         // A blob that would flush half the cache is not worth caching on write.
         let usage = parts.cache.usage();
         if size > usage.disk_capacity_bytes.max(usage.memory_capacity_bytes) / 2 {
+            parts.completions.finish(&parts.cache, key, &token, None);
             return;
         }
-        let token = parts.completions.begin(key);
         let warmers = self.warmers.clone();
         let blob = Arc::new(blob);
         tokio::spawn(async move {

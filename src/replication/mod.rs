@@ -64,6 +64,8 @@ pub enum UploadError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("the pending file is gone (the blob was deleted meanwhile)")]
+    Gone,
 }
 
 /// The spool has no room for an upload.
@@ -539,14 +541,12 @@ impl Replicator {
         let part_size = self.store.part_size(size);
         let spool = self.spool.clone();
         let parts = tokio::task::spawn_blocking(move || match spool.open_blob(&key)? {
-            Some(blob) => blob.part_md5s(part_size),
-            None => Err(SpoolError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the pending file is gone",
-            ))),
+            Some(blob) => blob.part_md5s(part_size).map(Some),
+            None => Ok(None),
         })
         .await
-        .expect("upload check task")?;
+        .expect("upload check task")?
+        .ok_or(UploadError::Gone)?;
         let path = self.spool.pending_path(&key);
         Ok(self.store.put_file(&key, &path, size, &parts).await?)
     }
@@ -575,6 +575,9 @@ impl Replicator {
             };
             let next = if p.deleted {
                 Next::RemoveFromStore
+            } else if matches!(result, Err(UploadError::Gone)) {
+                // A DELETE removed the file between the commit and the queue: nothing to send.
+                Next::Forget
             } else if p.damaged {
                 // Moved aside while this upload ran; what it sent was checked, so it stands.
                 Next::Forget
