@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use breaker::Breaker;
-pub use fs::FsStore;
+use fs::FsStore;
 pub use metered::Metered;
-pub use s3::S3Store;
+use s3::S3Store;
 pub use settings::{StoreConfig, StoreSettings, mask_userinfo};
 
 use crate::key::BlobKey;
