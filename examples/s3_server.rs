@@ -10,7 +10,9 @@
 //!     --s3-access-key-id blobcache-test --s3-secret-access-key blobcache-test-secret
 //! ```
 
-#[path = "../tests/common/s3_server.rs"]
+// The test suite's S3 server; this example uses only its start-up.
+#[allow(dead_code)]
+#[path = "../tests/it/common/s3_server.rs"]
 mod s3_server;
 
 #[tokio::main]

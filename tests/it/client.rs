@@ -1,15 +1,13 @@
 //! The client subcommands, run as the real binary against an in-process node,
 //! or against tiny stand-in servers that misbehave on purpose.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{TestApp, data};
 use blobcache::key::BlobKey;
-use common::{TestApp, data};
 
 const NOT_FOUND: i32 = 3;
 const INTEGRITY: i32 = 4;
@@ -293,7 +291,6 @@ async fn an_unreachable_server_is_exit_6_with_one_line() {
     assert_eq!(names_in(dir.path()), ["f"], "no partial file left by get");
 }
 
-#[path = "client/stand_in.rs"]
 mod stand_in;
 
 use stand_in::Reply;

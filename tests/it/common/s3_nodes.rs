@@ -1,5 +1,4 @@
 //! blobcache nodes in front of the test S3 server, and what the S3 tests share.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use blobcache::config::{Config, Settings};
 use blobcache::key::BlobKey;
 
 use crate::common::TestApp;
-use crate::s3_server::{self, S3Server};
+use crate::common::s3_server::{self, S3Server};
 
 pub fn node_settings(s3: &S3Server) -> Settings {
     s3.settings_over(crate::common::test_settings())

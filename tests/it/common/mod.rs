@@ -1,9 +1,9 @@
 //! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with
 //! temporary directories. Tests see the node only through its HTTP interface.
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
 
 pub mod process;
+pub mod s3_nodes;
+pub mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,11 +2,10 @@
 //! chunk the cache lost, a pending spool file) are checked against the digests
 //! recorded then, and bytes that fail are never served as good nor uploaded.
 
-mod common;
-
+use crate::common;
+use crate::common::{TestApp, break_store, data, mend_store};
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
-use common::{TestApp, break_store, data, mend_store};
 
 const SMALL_CHUNK: usize = 64 * 1024;
 

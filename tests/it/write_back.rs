@@ -1,11 +1,10 @@
 //! Write-back: acknowledged blobs survive a store outage and a restart.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{TestApp, break_store, data, mend_store};
 use blobcache::key::BlobKey;
-use common::{TestApp, break_store, data, mend_store};
 
 #[tokio::test]
 async fn acknowledged_blobs_survive_a_store_outage_and_a_clean_restart() {

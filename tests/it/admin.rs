@@ -1,9 +1,8 @@
 //! Health, readiness and statistics endpoints.
 
-mod common;
-
+use crate::common;
+use crate::common::{TestApp, break_store, data, mend_store};
 use blobcache::key::BlobKey;
-use common::{TestApp, break_store, data, mend_store};
 
 async fn get_json(app: &TestApp, path: &str) -> (u16, serde_json::Value) {
     let resp = app.client.get(app.url(path)).send().await.unwrap();

@@ -2,19 +2,15 @@
 //! side: a DELETE racing a write-through PUT, a store that drops packets, a
 //! damaged spool file on its way to S3, and multipart uploads a `kill -9` cut.
 
-mod common;
-#[path = "common/s3_nodes.rs"]
-mod s3_nodes;
-#[path = "common/s3_server.rs"]
-mod s3_server;
-
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::common::s3_nodes::*;
+use crate::common::s3_server;
+use crate::common::s3_server::{Fault, S3Server};
+use crate::common::{TestApp, assert_error, data, eventually, eventually_async};
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
-use common::{TestApp, assert_error, data, eventually, eventually_async};
-use s3_nodes::*;
-use s3_server::{Fault, S3Server};
 
 #[tokio::test]
 async fn a_delete_racing_a_write_through_put_leaves_nothing_behind() {

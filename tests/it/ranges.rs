@@ -1,9 +1,7 @@
 //! Range requests, conditional requests, and partial fills of cold blobs.
 
-mod common;
-
+use crate::common::{CHUNK, TestApp, assert_error, data};
 use blobcache::key::BlobKey;
-use common::{CHUNK, TestApp, assert_error, data};
 
 /// Each form of single byte range, including ranges that cross chunk boundaries.
 fn cases(len: usize) -> Vec<(String, std::ops::Range<usize>)> {

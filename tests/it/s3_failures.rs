@@ -1,18 +1,14 @@
 //! blobcache in front of a real S3-protocol server when S3 fails: errors a user
 //! can act on, outages, timeouts, races with uploads, and start-up checks.
 
-mod common;
-#[path = "common/s3_nodes.rs"]
-mod s3_nodes;
-#[path = "common/s3_server.rs"]
-mod s3_server;
-
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::common::s3_nodes::*;
+use crate::common::s3_server;
+use crate::common::s3_server::{Fault, S3Server};
+use crate::common::{CHUNK, TestApp, assert_error, data, eventually, eventually_async};
 use blobcache::key::BlobKey;
-use common::{CHUNK, TestApp, assert_error, data, eventually, eventually_async};
-use s3_nodes::*;
-use s3_server::{Fault, S3Server};
 
 #[tokio::test]
 async fn s3_dying_mid_read_cuts_the_responses_and_caches_nothing() {

@@ -1,14 +1,13 @@
 //! The node's own disk and its shutdown under faults: a full filesystem, a
 //! store that is down at SIGTERM, a client that stalls mid-upload.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::common::{TestApp, assert_error, break_store, data, partial_put};
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
-use common::{TestApp, assert_error, break_store, data, partial_put};
 
 /// A small tmpfs mounted for one test (needs root, as CI runs), unmounted on drop.
 struct SmallDisk {

@@ -1,17 +1,11 @@
 //! blobcache in front of a real S3-protocol server (s3s-fs over HTTP, in process):
 //! the API, uploads, cold reads, coalescing and partial fills.
 
-mod common;
-#[path = "common/s3_nodes.rs"]
-mod s3_nodes;
-#[path = "common/s3_server.rs"]
-mod s3_server;
-
+use crate::common::s3_nodes::*;
+use crate::common::s3_server::{Fault, S3Server};
+use crate::common::{CHUNK, TestApp, assert_error, data};
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
-use common::{CHUNK, TestApp, assert_error, data};
-use s3_nodes::*;
-use s3_server::{Fault, S3Server};
 
 #[tokio::test]
 async fn the_whole_api_works_through_s3() {

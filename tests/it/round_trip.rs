@@ -1,9 +1,8 @@
 //! Round trips of every size that matters, through both the write path and the read-through path.
 
-mod common;
-
+use crate::common;
+use crate::common::{CHUNK, TestApp, data};
 use blobcache::key::BlobKey;
-use common::{CHUNK, TestApp, data};
 
 const SIZES: &[(&str, usize)] = &[
     ("0 B", 0),

@@ -1,12 +1,11 @@
 //! The real binary as a child process: start-up, SIGTERM, restart.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common;
+use crate::common::data;
+use crate::common::process::start;
 use blobcache::key::BlobKey;
-use common::data;
-use common::process::start;
 
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_the_cache_survives() {

@@ -2,7 +2,6 @@
 //! served over HTTP on 127.0.0.1:0 in this process. It records every request
 //! it answers, can be stopped and started again on the same port, and can be
 //! told to fail chosen requests the way a real S3 fails.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

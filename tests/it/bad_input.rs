@@ -1,11 +1,10 @@
 //! Bad input gets a clear error and changes nothing.
 
-mod common;
-
+use crate::common;
+use crate::common::{TestApp, assert_error, data, eventually};
 use base64::Engine;
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
-use common::{TestApp, assert_error, data, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Nothing under this key anywhere: not servable, not in the store, no spool file.

@@ -1,10 +1,9 @@
 //! Read-through: coalesced cold reads, integrity of what is served, and the
 //! disk tier across a restart.
 
-mod common;
-
+use crate::common;
+use crate::common::{CHUNK, TestApp, data};
 use blobcache::key::BlobKey;
-use common::{CHUNK, TestApp, data};
 use futures::StreamExt;
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! /metrics: Prometheus text that moves with the traffic.
 
-mod common;
-
+use crate::common::{TestApp, data};
 use blobcache::key::BlobKey;
-use common::{TestApp, data};
 
 async fn scrape(app: &TestApp) -> String {
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();

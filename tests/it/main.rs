@@ -1,0 +1,19 @@
+//! The integration tests, one binary: each module drives real nodes (in
+//! process on 127.0.0.1:0, or the real binary) through their public interface.
+
+mod common;
+
+mod admin;
+mod bad_input;
+mod client;
+mod faults;
+mod integrity;
+mod metrics;
+mod process;
+mod ranges;
+mod read_through;
+mod round_trip;
+mod s3;
+mod s3_failures;
+mod s3_faults;
+mod write_back;
