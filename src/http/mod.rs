@@ -5,6 +5,7 @@ mod blobs;
 pub mod error;
 mod metrics;
 pub mod range;
+mod warm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ pub struct AppState {
     pub readiness: Arc<admin::Readiness>,
     pub registry: prometheus::Registry,
     pub http_metrics: HttpMetrics,
+    pub warm: Arc<crate::warm::Warmer>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -107,6 +109,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/stats", get(admin::stats))
         .route("/metrics", get(admin::metrics))
+        .route("/warm", post(warm::start))
+        .route("/warm/{id}", get(warm::status))
         // Blob bodies are streamed and limited by --max-blob-size in the service.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::route_not_found() })
