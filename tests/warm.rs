@@ -369,6 +369,34 @@ async fn unknown_jobs_are_404() {
     }
 }
 
+#[tokio::test]
+async fn a_delete_during_a_warm_wins() {
+    let app = TestApp::spawn().await;
+    // Blobs of a few chunks, so that reading one takes a while; each deleted
+    // while its warm-up has just started.
+    for seed in 0..12 {
+        let body = data(3 * common::CHUNK + 1000, 60 + seed);
+        let key = app.seed_store(&body);
+        let gets = app.store_gets().await;
+        let id = accepted(warm_json(&app, &[key]).await, 1).await;
+        if seed % 2 == 1 {
+            // Let the warm-up reach the store first.
+            eventually_async("the warm-up to read the store", || async {
+                app.store_gets().await > gets
+            })
+            .await;
+        }
+        let resp = app.client.delete(app.blob_url(&key)).send().await.unwrap();
+        assert_eq!(resp.status(), 204);
+        finished(&app, &id).await;
+        assert_eq!(app.get(&key).await.status(), 404, "seed {seed}: deleted means gone");
+        assert!(
+            !app.is_cached(&key).await,
+            "seed {seed}: not brought back into the cache"
+        );
+    }
+}
+
 /// Run `blobcache warm ARGS` against `app`, with a bounded wait.
 async fn client_warm(app: &TestApp, list: &std::path::Path) -> Output {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
