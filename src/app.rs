@@ -96,6 +96,7 @@ impl App {
                 Duration::from_secs(2),
             )),
             http_metrics: HttpMetrics::new(&registry),
+            http: config.http.clone(),
             warm,
             registry,
         };

@@ -5,6 +5,7 @@ mod blobs;
 pub mod error;
 mod metrics;
 pub mod range;
+mod settings;
 mod warm;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::replication::Replicator;
 use crate::store::{Breaker, Metered};
 use error::ApiError;
 pub use metrics::HttpMetrics;
+pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -43,6 +45,7 @@ pub struct AppState {
     pub readiness: Arc<admin::Readiness>,
     pub registry: prometheus::Registry,
     pub http_metrics: HttpMetrics,
+    pub http: HttpConfig,
     pub warm: Arc<crate::warm::Warmer>,
 }
 
