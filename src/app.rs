@@ -15,6 +15,7 @@ use crate::http::{self, AppState, HttpMetrics};
 use crate::replication::{Backoff, Replicator, Spool};
 use crate::store::{self, Breaker, Metered, Store};
 use crate::tombstones::Tombstones;
+use crate::warm::Warmer;
 
 /// A built node: every dependency opened, workers not yet started.
 pub struct App {
@@ -81,6 +82,7 @@ impl App {
             config.blobs.clone(),
             &registry,
         ));
+        let warm = Arc::new(Warmer::new(blobs.clone(), &registry));
         let state = AppState {
             blobs,
             cache,
@@ -94,6 +96,8 @@ impl App {
                 Duration::from_secs(2),
             )),
             http_metrics: HttpMetrics::new(&registry),
+            http: config.http.clone(),
+            warm,
             registry,
         };
         Ok(App { config, state })
@@ -121,6 +125,7 @@ impl App {
         }
         workers.spawn(recover_store(state.store.clone(), stop_workers.clone()));
         workers.close();
+        let warm = state.warm.clone();
 
         let shutting_down = state.shutting_down.clone();
         let grace = config.shutdown_grace;
@@ -140,6 +145,8 @@ impl App {
         let server = axum::serve(listener, app).with_graceful_shutdown(shutting_down.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         shutting_down.cancelled().await;
+        // Warm-up jobs are background work: they stop at once, not after the requests.
+        warm.stop().await;
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!("shutting down: draining requests");
         match tokio::time::timeout_at(deadline, server).await {

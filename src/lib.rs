@@ -8,12 +8,13 @@
 //! - [`store`]: the persistent store trait, its backends, its metrics and circuit breaker.
 //! - [`replication`]: the durable spool and the upload workers.
 //! - [`tombstones`]: the durable record of deletions.
+//! - [`warm`]: warm-up jobs: lists of blobs prefetched from the store into the cache.
 //! - [`metrics`]: the registry every module registers its own metrics in.
 //! - [`config`], [`app`]: configuration, start-up and shutdown.
 //! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 //!
 //! Dependencies point one way: `app` and `config` at everything; `http` at
-//! `blobs`; `blobs` at `cache`, `replication`, `store`, `tombstones`;
+//! `blobs` and `warm`; `warm` at `blobs`; `blobs` at `cache`, `replication`, `store`, `tombstones`;
 //! `replication` at `store`; every module at `key`, `chunks`, `metrics`;
 //! `client` only at `key` (it speaks HTTP to a node).
 
@@ -31,6 +32,7 @@ pub mod replication;
 pub mod store;
 pub mod tombstones;
 mod units;
+pub mod warm;
 
 /// An error and its causes on one line: `outer: inner: root`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -159,8 +159,9 @@ impl BlobService {
     /// from then on, whatever its disk tier does (a full disk, a restart).
     pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
         let p = &self.parts;
-        // First stop any fill or warm of this blob from marking it complete again.
-        p.completions.revoke(key);
+        // First stop any fill or warm of this blob, under way or begun before
+        // this returns, from marking it complete again.
+        let _deleting = p.completions.deleting(*key);
         let (tombstones, k) = (p.tombstones.clone(), *key);
         tokio::task::spawn_blocking(move || tombstones.record(&k, SystemTime::now()))
             .await

@@ -17,6 +17,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::blobs::{BlobConfig, BlobSettings};
 use crate::cache::{CacheLimits, CacheSettings};
+use crate::http::{HttpConfig, HttpSettings};
 use crate::replication::{ReplicationConfig, ReplicationSettings};
 use crate::store::{StoreConfig, StoreSettings};
 
@@ -77,6 +78,8 @@ pub struct Settings {
     pub replication: ReplicationSettings,
     #[command(flatten)]
     pub store: StoreSettings,
+    #[command(flatten)]
+    pub http: HttpSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -106,6 +109,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(flatten)]
     pub store: StoreConfig,
+    #[serde(flatten)]
+    pub http: HttpConfig,
 }
 
 impl Cli {
@@ -198,6 +203,7 @@ impl Config {
             blobs: s.blobs.resolve()?,
             replication: s.replication.resolve()?,
             store: s.store.resolve(&data_dir)?,
+            http: s.http.resolve()?,
             data_dir,
         };
         // What spans sections.

@@ -161,3 +161,43 @@ fn file_is_below_flags_and_rejects_unknown_keys() {
     let e = format!("{:#}", parse(&["--config", p]).unwrap_err());
     assert!(e.contains("--memory-cache") && e.contains("c.toml"), "{e}");
 }
+
+#[test]
+fn cache_control_is_checked_printed_and_read_back() {
+    let c = parse(&[]).unwrap().resolve().unwrap();
+    assert_eq!(c.http.cache_control, crate::http::DEFAULT_CACHE_CONTROL);
+    let printed = toml::to_string(&c).unwrap();
+    assert!(
+        printed.contains("cache-control = \"public, max-age=31536000, immutable\""),
+        "{printed}"
+    );
+
+    let c = parse(&["--cache-control", " public, max-age=300 "])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(c.http.cache_control, "public, max-age=300");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
+    let back = parse(&["--config", path.to_str().unwrap()]).unwrap().resolve().unwrap();
+    assert_eq!(back.http.cache_control, "public, max-age=300", "read back from a file");
+
+    for bad in ["", "  ", "public,\nX-Injected: 1", "max-age=60,\u{7f}", "privé"] {
+        let e = parse(&["--cache-control", bad])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cache-control"), "{bad:?}: {e}");
+    }
+    std::fs::write(&path, "cache-control = \"no-store\\u0000\"\n").unwrap();
+    let e = format!(
+        "{:#}",
+        parse(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+    );
+    assert!(e.contains("--cache-control"), "{e}");
+}

@@ -16,7 +16,6 @@ use super::range::{self, RangeRequest};
 use crate::blobs::{BlobStatus, Found, PutRequest, Source};
 use crate::key::BlobKey;
 
-const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 const X_CACHE: &str = "x-cache";
 const DURABILITY: &str = "x-blob-durability";
 
@@ -55,11 +54,11 @@ fn durability(pending: bool) -> HeaderValue {
     HeaderValue::from_static(if pending { "pending" } else { "stored" })
 }
 
-fn blob_headers(headers: &mut HeaderMap, opened: &Found, pending: bool) {
+fn blob_headers(state: &AppState, headers: &mut HeaderMap, opened: &Found) {
     let h = |s: &str| HeaderValue::from_str(s).expect("ASCII header");
     headers.insert(header::ETAG, h(&etag(&opened.key)));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    headers.insert(header::CACHE_CONTROL, state.http.cache_control.clone());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -70,7 +69,7 @@ fn blob_headers(headers: &mut HeaderMap, opened: &Found, pending: bool) {
         "hit"
     };
     headers.insert(X_CACHE, HeaderValue::from_static(cache));
-    headers.insert(DURABILITY, durability(pending));
+    headers.insert(DURABILITY, durability(pending(state, opened)));
 }
 
 /// A blob served from this node's spool, or still queued, has not reached the store yet.
@@ -87,7 +86,7 @@ pub async fn get_blob(
     let opened = state.blobs.open(&key).await?;
     let size = opened.size;
     let mut resp = Response::new(Body::empty());
-    blob_headers(resp.headers_mut(), &opened, pending(&state, &opened));
+    blob_headers(&state, resp.headers_mut(), &opened);
     if none_match(&req_headers, &key) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -137,7 +136,7 @@ pub async fn head_blob(State(state): State<AppState>, Path(raw): Path<String>) -
     let key = parse_key(&raw)?;
     let opened = state.blobs.open(&key).await?;
     let mut resp = Response::new(Body::empty());
-    blob_headers(resp.headers_mut(), &opened, pending(&state, &opened));
+    blob_headers(&state, resp.headers_mut(), &opened);
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(opened.size));
     Ok(resp)

@@ -5,6 +5,8 @@ mod blobs;
 pub mod error;
 mod metrics;
 pub mod range;
+mod settings;
+mod warm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::replication::Replicator;
 use crate::store::{Breaker, Metered};
 use error::ApiError;
 pub use metrics::HttpMetrics;
+pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -42,6 +45,8 @@ pub struct AppState {
     pub readiness: Arc<admin::Readiness>,
     pub registry: prometheus::Registry,
     pub http_metrics: HttpMetrics,
+    pub http: HttpConfig,
+    pub warm: Arc<crate::warm::Warmer>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -107,6 +112,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/stats", get(admin::stats))
         .route("/metrics", get(admin::metrics))
+        .route("/warm", post(warm::start))
+        .route("/warm/{id}", get(warm::status))
         // Blob bodies are streamed and limited by --max-blob-size in the service.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::route_not_found() })

@@ -171,3 +171,26 @@ async fn delete_right_after_put_is_not_undone_by_the_cache_warmer() {
         assert_eq!(std::fs::read(app.store_path(&key)).unwrap().len(), body.len());
     }
 }
+
+#[tokio::test]
+async fn cache_control_is_configurable() {
+    let mut settings = common::test_settings();
+    settings.http.cache_control = Some("public, max-age=60".into());
+    let app = TestApp::spawn_with(settings).await;
+    let body = data(1000, 50);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    let hot = app.seed_store(&data(2000, 51));
+
+    for key in [key, hot] {
+        let get = app.get(&key).await;
+        assert_eq!(get.status(), 200);
+        assert_eq!(get.headers()["cache-control"], "public, max-age=60");
+        let head = app.client.head(app.blob_url(&key)).send().await.unwrap();
+        assert_eq!(head.headers()["cache-control"], "public, max-age=60");
+        let etag = format!("\"{key}\"");
+        let not_modified = app.get_with(&key, &[("if-none-match", &etag)]).await;
+        assert_eq!(not_modified.status(), 304);
+        assert_eq!(not_modified.headers()["cache-control"], "public, max-age=60");
+    }
+}
