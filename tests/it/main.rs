@@ -16,4 +16,5 @@ mod round_trip;
 mod s3;
 mod s3_failures;
 mod s3_faults;
+mod warm;
 mod write_back;

@@ -2,20 +2,17 @@
 //! into the cache in the background, what they cost, how bad lists are
 //! refused, and the `blobcache warm` client against a node.
 
-mod common;
-#[path = "common/s3_nodes.rs"]
-mod s3_nodes;
-#[path = "common/s3_server.rs"]
-mod s3_server;
-
 use std::collections::HashSet;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use crate::common::s3_nodes;
+use crate::common::s3_server::{Fault, S3Server};
+use crate::common::{TestApp, assert_error, break_store, data, eventually, eventually_async, mend_store};
 use blobcache::key::BlobKey;
-use common::{TestApp, assert_error, break_store, data, eventually, eventually_async, mend_store};
-use s3_server::{Fault, S3Server};
 use serde_json::Value;
+
+use crate::common;
 
 /// Start a job with a JSON list.
 async fn warm_json(app: &TestApp, keys: &[BlobKey]) -> reqwest::Response {
