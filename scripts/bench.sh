@@ -38,6 +38,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 start() {
   local name=$1
+  NAME=$name
   shift
   PORT=$(free_port)
   URL="http://127.0.0.1:$PORT"
@@ -46,7 +47,8 @@ start() {
   PID=$!
   curl -sf --retry 100 --retry-connrefused --retry-delay 0 --retry-max-time 20 "$URL/healthz" >/dev/null
 }
-stop() { kill "$PID"; wait "$PID" || true; PID=""; }
+# Stop the node and drop its data: each disk cache is allocated in full (--disk-cache 8GiB).
+stop() { kill "$PID"; wait "$PID" || true; PID=""; rm -rf "$WORK/data-$NAME"; }
 
 # Wait (at most 60 s) until nothing is pending upload, so reads come from the cache.
 replicated() {
