@@ -2,11 +2,10 @@
 //! or against tiny stand-in servers that misbehave on purpose.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::common::{TestApp, data};
+use crate::common::{self, TestApp, data};
 use blobcache::key::BlobKey;
 
 const NOT_FOUND: i32 = 3;
@@ -15,22 +14,6 @@ const UNAUTHORIZED: i32 = 5;
 const UNAVAILABLE: i32 = 6;
 
 /// Run `blobcache ARGS` in `dir` against `url`, with a bounded wait.
-async fn blobcache(dir: &Path, url: &str, args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
-        .args(args)
-        .current_dir(dir)
-        .env("BLOBCACHE_URL", url)
-        .env_remove("BLOBCACHE_TOKEN")
-        .env_remove("BLOBCACHE_CACERT")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("the client finishes within 60 s")
-        .expect("run the client")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout")
 }
@@ -96,7 +79,7 @@ async fn put_then_get_round_trips_every_size() {
         names.push(name);
     }
     let args: Vec<&str> = std::iter::once("put").chain(names.iter().map(String::as_str)).collect();
-    let out = blobcache(dir.path(), &app.base, &args).await;
+    let out = common::process::client(dir.path(), &app.base, &args).await;
     assert_ok(&out);
     let mut lines = put_lines(&out);
     lines.sort_by(|a, b| a[3].cmp(&b[3]));
@@ -110,17 +93,17 @@ async fn put_then_get_round_trips_every_size() {
         );
 
         let target = format!("back{i}");
-        let out = blobcache(dir.path(), &app.base, &["get", &key, "-o", &target]).await;
+        let out = common::process::client(dir.path(), &app.base, &["get", &key, "-o", &target]).await;
         assert_ok(&out);
         assert!(
             std::fs::read(dir.path().join(&target)).unwrap() == body,
             "{size} bytes back"
         );
         // Without -o, the file is named by its MD5.
-        let out = blobcache(dir.path(), &app.base, &["get", &key]).await;
+        let out = common::process::client(dir.path(), &app.base, &["get", &key]).await;
         assert_ok(&out);
         assert!(std::fs::read(dir.path().join(&key)).unwrap() == body);
-        let out = blobcache(dir.path(), &app.base, &["get", &key, "-o", "-"]).await;
+        let out = common::process::client(dir.path(), &app.base, &["get", &key, "-o", "-"]).await;
         assert_ok(&out);
         assert!(out.stdout == body, "{size} bytes on stdout");
     }
@@ -137,13 +120,13 @@ async fn put_of_a_blob_the_server_has_sends_no_body() {
     let dir = tempfile::tempdir().unwrap();
     let body = data(3 << 20, 20);
     std::fs::write(dir.path().join("a"), &body).unwrap();
-    let out = blobcache(dir.path(), &app.base, &["put", "a"]).await;
+    let out = common::process::client(dir.path(), &app.base, &["put", "a"]).await;
     assert_ok(&out);
     assert_eq!(put_lines(&out)[0][2], "uploaded");
     let before = stats(&app).await["metrics"].clone();
     assert_eq!(before["puts_created"], 1);
 
-    let out = blobcache(dir.path(), &app.base, &["put", "a", "--durability", "stored"]).await;
+    let out = common::process::client(dir.path(), &app.base, &["put", "a", "--durability", "stored"]).await;
     assert_ok(&out);
     let key = BlobKey::of(&body).to_string();
     assert_eq!(
@@ -167,12 +150,12 @@ async fn put_r_uploads_a_tree_and_a_bare_directory_is_refused() {
         std::fs::write(dir.path().join(f), data(1000 * (i + 1), 30 + i as u64)).unwrap();
     }
 
-    let out = blobcache(dir.path(), &app.base, &["put", "tree"]).await;
+    let out = common::process::client(dir.path(), &app.base, &["put", "tree"]).await;
     assert_eq!(out.status.code(), Some(2), "a directory without -r is a usage error");
     assert!(assert_one_error_line(&out).contains("-r"));
     assert_eq!(put_lines(&out)[0][2], "failed");
 
-    let out = blobcache(dir.path(), &app.base, &["put", "-r", "--jobs", "2", "tree"]).await;
+    let out = common::process::client(dir.path(), &app.base, &["put", "-r", "--jobs", "2", "tree"]).await;
     assert_ok(&out);
     let mut lines = put_lines(&out);
     lines.sort_by(|a, b| a[3].cmp(&b[3]));
@@ -205,7 +188,7 @@ async fn stat_shows_a_table_or_json() {
     let (k1, k2) = (BlobKey::of(&one).to_string(), BlobKey::of(&two).to_string());
     let unknown = "0123456789abcdef0123456789abcdef";
 
-    let out = blobcache(dir.path(), &app.base, &["stat", &k1, &k2, unknown]).await;
+    let out = common::process::client(dir.path(), &app.base, &["stat", &k1, &k2, unknown]).await;
     assert_ok(&out);
     let text = stdout(&out);
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
@@ -225,7 +208,7 @@ async fn stat_shows_a_table_or_json() {
         }
     }
 
-    let out = blobcache(dir.path(), &app.base, &["stat", "--json", &k1, unknown]).await;
+    let out = common::process::client(dir.path(), &app.base, &["stat", "--json", &k1, unknown]).await;
     assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
     let arr = v.as_array().expect("a JSON array");
@@ -246,13 +229,13 @@ async fn rm_then_stat_shows_it_gone_and_get_says_not_found() {
     let body = data(100_000, 50);
     let key = BlobKey::of(&body).to_string();
     std::fs::write(dir.path().join("f"), &body).unwrap();
-    assert_ok(&blobcache(dir.path(), &app.base, &["put", "f"]).await);
+    assert_ok(&common::process::client(dir.path(), &app.base, &["put", "f"]).await);
 
-    let out = blobcache(dir.path(), &app.base, &["rm", &key]).await;
+    let out = common::process::client(dir.path(), &app.base, &["rm", &key]).await;
     assert_ok(&out);
     assert_eq!(stdout(&out), format!("{key}  deleted\n"));
 
-    let out = blobcache(dir.path(), &app.base, &["stat", "--json", &key]).await;
+    let out = common::process::client(dir.path(), &app.base, &["stat", "--json", &key]).await;
     assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
@@ -260,7 +243,7 @@ async fn rm_then_stat_shows_it_gone_and_get_says_not_found() {
         (&false.into(), &false.into(), &false.into())
     );
 
-    let out = blobcache(dir.path(), &app.base, &["get", &key, "-o", "back"]).await;
+    let out = common::process::client(dir.path(), &app.base, &["get", &key, "-o", "back"]).await;
     assert_eq!(out.status.code(), Some(NOT_FOUND));
     assert!(assert_one_error_line(&out).contains("404"));
     assert_eq!(names_in(dir.path()), ["f"], "neither the file nor a partial one");
@@ -283,7 +266,7 @@ async fn an_unreachable_server_is_exit_6_with_one_line() {
         vec!["stat", &key],
         vec!["rm", &key],
     ] {
-        let out = blobcache(dir.path(), &url, &args).await;
+        let out = common::process::client(dir.path(), &url, &args).await;
         assert_eq!(out.status.code(), Some(UNAVAILABLE), "{args:?}: {}", stderr(&out));
         let line = assert_one_error_line(&out);
         assert!(line.contains(&url), "names the server: {line}");
@@ -339,7 +322,7 @@ async fn a_corrupted_download_leaves_no_file_and_exits_4() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "target"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "target"]).await;
     assert_eq!(out.status.code(), Some(INTEGRITY), "{}", stderr(&out));
     assert!(assert_one_error_line(&out).contains("integrity"));
     assert!(
@@ -348,7 +331,7 @@ async fn a_corrupted_download_leaves_no_file_and_exits_4() {
         names_in(dir.path())
     );
 
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "-"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "-"]).await;
     assert_eq!(out.status.code(), Some(INTEGRITY), "stdout is verified at the end too");
     assert!(assert_one_error_line(&out).contains("integrity"));
 }
@@ -370,7 +353,7 @@ async fn a_cut_download_resumes_with_a_range() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
     assert_ok(&out);
     assert!(std::fs::read(dir.path().join("blob")).unwrap() == *body);
     assert_eq!(names_in(dir.path()), ["blob"]);
@@ -392,7 +375,7 @@ async fn a_partial_file_from_an_earlier_run_is_resumed_or_replaced() {
     let b = body.clone();
     let server = stand_in::start(move |_, parts| serve(&b, parts, true)).await;
     std::fs::write(&partial, &body[..300_000]).unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
     assert_ok(&out);
     assert!(std::fs::read(dir.path().join("blob")).unwrap() == *body);
     assert!(!partial.exists());
@@ -405,7 +388,7 @@ async fn a_partial_file_from_an_earlier_run_is_resumed_or_replaced() {
     let server = stand_in::start(move |_, parts| serve(&b, parts, false)).await;
     std::fs::remove_file(dir.path().join("blob")).unwrap();
     std::fs::write(&partial, &body[..300_000]).unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
     assert_ok(&out);
     assert!(std::fs::read(dir.path().join("blob")).unwrap() == *body);
     assert_eq!(names_in(dir.path()), ["blob"]);
@@ -415,7 +398,7 @@ async fn a_partial_file_from_an_earlier_run_is_resumed_or_replaced() {
     let server = stand_in::start(move |_, parts| serve(&b, parts, true)).await;
     std::fs::remove_file(dir.path().join("blob")).unwrap();
     std::fs::write(&partial, data(300_000, 999)).unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "blob"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(dir.path().join("blob")).unwrap() == *body);
     assert_eq!(names_in(dir.path()), ["blob"]);
@@ -440,7 +423,7 @@ async fn a_busy_server_is_retried_after_its_retry_after() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let out = blobcache(dir.path(), &server.base, &["get", &key, "-o", "-"]).await;
+    let out = common::process::client(dir.path(), &server.base, &["get", &key, "-o", "-"]).await;
     assert_ok(&out);
     assert!(out.stdout == *body);
     assert_eq!(server.requests.lock().unwrap().len(), 2);
@@ -461,7 +444,7 @@ async fn a_refused_token_is_exit_5_naming_the_servers_message() {
         vec!["get", &key, "--token", "t0ken"],
         vec!["stat", &key, "--token", "t0ken"],
     ] {
-        let out = blobcache(dir.path(), &server.base, &args).await;
+        let out = common::process::client(dir.path(), &server.base, &args).await;
         assert_eq!(out.status.code(), Some(UNAUTHORIZED), "{args:?}");
         assert!(assert_one_error_line(&out).contains("this token is not valid"));
     }

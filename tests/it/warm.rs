@@ -3,7 +3,7 @@
 //! refused, and the `blobcache warm` client against a node.
 
 use std::collections::HashSet;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::common::s3_nodes;
@@ -396,20 +396,9 @@ async fn a_delete_during_a_warm_wins() {
 
 /// Run `blobcache warm ARGS` against `app`, with a bounded wait.
 async fn client_warm(app: &TestApp, list: &std::path::Path) -> Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
-        .arg("warm")
-        .arg(list)
-        .args(["--url", &app.base])
-        .env_remove("BLOBCACHE_URL")
-        .env_remove("BLOBCACHE_TOKEN")
-        .env_remove("BLOBCACHE_CACERT")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("the client finishes within 60 s")
-        .expect("run the client")
+    let dir = list.parent().expect("a list in a directory");
+    let list = list.to_str().expect("a UTF-8 path");
+    common::process::client(dir, &app.base, &["warm", list]).await
 }
 
 #[tokio::test]

@@ -92,3 +92,22 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Run a client subcommand of the real binary (`put`, `get`, `warm`, ...)
+/// against `url`, in `dir`, with no client settings from the environment;
+/// bounded at 60 s.
+pub async fn client(dir: &std::path::Path, url: &str, args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobcache"))
+        .args(args)
+        .current_dir(dir)
+        .env("BLOBCACHE_URL", url)
+        .env_remove("BLOBCACHE_TOKEN")
+        .env_remove("BLOBCACHE_CACERT")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("the client finishes within 60 s")
+        .expect("run the client")
+}
