@@ -414,9 +414,13 @@ impl Replicator {
         }
         let spool = self.spool.clone();
         let key = *key;
-        let removed = tokio::task::spawn_blocking(move || spool.remove_pending(&key))
-            .await
-            .expect("spool task")?;
+        // A DELETE removes the blob from this node entirely, a damaged copy kept aside included.
+        let removed = tokio::task::spawn_blocking(move || {
+            spool.forget_damaged(&key)?;
+            spool.remove_pending(&key)
+        })
+        .await
+        .expect("spool task")?;
         self.idle.notify_waiters();
         Ok(was_pending || removed)
     }

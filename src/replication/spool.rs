@@ -208,6 +208,14 @@ impl Spool {
         }
     }
 
+    /// Remove a damaged copy kept aside, if any (the blob was deleted). Blocking.
+    pub fn forget_damaged(&self, key: &BlobKey) -> io::Result<()> {
+        match std::fs::remove_file(self.damaged.join(key.to_string())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a copy of the blob was found damaged and moved aside. Blocking.
     pub fn is_damaged(&self, key: &BlobKey) -> bool {
         self.damaged.join(key.to_string()).exists()

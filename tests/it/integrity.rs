@@ -145,7 +145,13 @@ async fn a_damaged_pending_blob_is_never_served_nor_uploaded() {
     assert_eq!(std::fs::read(app.store_path(&BlobKey::of(&fine))).unwrap(), fine);
     assert!(!app.store_path(&key).exists(), "damaged bytes were not uploaded");
 
-    // A client that still has the blob can PUT it again: it supersedes the damaged copy.
+    // A DELETE removes the damaged copy kept aside too.
+    let resp = app.client.delete(app.blob_url(&key)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(app.status(&key).await["damaged"], false);
+    assert!(!app.data_dir.join("spool/damaged").join(key.to_string()).exists());
+
+    // A client that still has the blob can PUT it again.
     assert_eq!(app.put(&body).await.status(), 201);
     app.replicated().await;
     assert_eq!(std::fs::read(app.store_path(&key)).unwrap(), body);
