@@ -43,7 +43,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = args.resolve()?;
-            init_tracing(&config);
+            let _flush_logs_at_exit = init_tracing(&config);
             tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -54,13 +54,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Log to stdout through a writer thread, so a request never waits on a
+/// `write(2)` of its log line; colour only when stdout is a terminal. The
+/// guard flushes what is queued when it drops, at exit.
+fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::stdout().is_terminal();
+    // Not lossy: under a flood of requests the writer slows them rather than drop lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn shutdown_signal() {

@@ -53,6 +53,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    let access_log = state.http.access_log;
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(
@@ -67,22 +68,21 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), uri = %req.uri(), route, request_id = %id)
                 })
                 // One line per request, when its headers go out.
-                .on_response(|res: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
-                    let header = |name: &str| {
-                        res.headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned()
-                    };
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        bytes = %header("content-length"),
-                        cache = %header("x-cache"),
-                        "request"
-                    );
-                })
+                .on_response(
+                    move |res: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
+                        if !access_log {
+                            return;
+                        }
+                        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            bytes = %header("content-length"),
+                            cache = %header("x-cache"),
+                            "request"
+                        );
+                    },
+                )
                 // Errors are logged once, where they are mapped to a status.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )

@@ -11,6 +11,9 @@ pub struct HttpSettings {
     /// Cache-Control of blob responses (GET, HEAD, 304); a shorter max-age lets a DELETE reach shared caches in front sooner [default: public, max-age=31536000, immutable]
     #[arg(long, env = "BLOBCACHE_CACHE_CONTROL")]
     pub cache_control: Option<String>,
+    /// One log line per request (method, route, status, bytes, latency, cache result) [default: true]
+    #[arg(long, env = "BLOBCACHE_ACCESS_LOG", num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: Option<bool>,
 }
 
 /// The HTTP layer's effective configuration.
@@ -19,6 +22,7 @@ pub struct HttpSettings {
 pub struct HttpConfig {
     #[serde(serialize_with = "header_text")]
     pub cache_control: HeaderValue,
+    pub access_log: bool,
 }
 
 impl HttpSettings {
@@ -31,7 +35,10 @@ impl HttpSettings {
         );
         let cache_control =
             HeaderValue::from_str(text).map_err(|e| anyhow::anyhow!("--cache-control {text:?}: {e}"))?;
-        Ok(HttpConfig { cache_control })
+        Ok(HttpConfig {
+            cache_control,
+            access_log: self.access_log.unwrap_or(true),
+        })
     }
 }
 

@@ -156,3 +156,25 @@ async fn a_crash_before_the_acknowledgement_leaves_no_garbage() {
     assert!(!store_path(dir.path(), &key).exists());
     tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
 }
+
+/// `--access-log false`: no line per request, while the other log lines still
+/// come (and, written by a thread of their own, are all flushed at exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::start_with(dir.path(), &["--access-log", "false"], &[]);
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let resp = client.get(format!("{}/healthz", server.base)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let log = server.log_after_terminate();
+    assert!(
+        log.iter().any(|v| v["message"] == "stopped"),
+        "the last line is flushed at exit"
+    );
+    assert!(
+        !log.iter().any(|v| v["message"] == "request"),
+        "no access log line: {log:?}"
+    );
+}

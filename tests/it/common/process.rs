@@ -66,6 +66,20 @@ impl Server {
         self.signal(libc::SIGTERM)
     }
 
+    /// SIGTERM, wait for the exit, and return every log line the server wrote
+    /// after it started listening.
+    pub fn log_after_terminate(mut self) -> Vec<serde_json::Value> {
+        let log = std::mem::replace(&mut self.log, std::sync::mpsc::channel().1);
+        let status = self.terminate();
+        assert!(status.success(), "{status}");
+        let mut lines = Vec::new();
+        // The reader thread ends when the child's stdout closes.
+        while let Ok(v) = log.recv_timeout(Duration::from_secs(10)) {
+            lines.push(v);
+        }
+        lines
+    }
+
     /// SIGKILL: no shutdown code runs at all.
     pub fn kill(self) -> std::process::ExitStatus {
         self.signal(libc::SIGKILL)
