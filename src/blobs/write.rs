@@ -247,16 +247,13 @@ impl Writer {
             self.parts.completions.finish(&self.parts.cache, key, &token, None);
             e
         };
-        // Opened right after the commit: the cache warm reads it even once an
+        // The committed blob, opened: the cache warm reads it even once an
         // upload (write-through) has removed it from the spool.
-        let committed = tokio::task::spawn_blocking(move || {
-            spool.commit(guard, &file, &key, &digests)?;
-            Ok::<_, std::io::Error>(spool.open_blob(&key))
-        })
-        .await
-        .expect("spool commit task")
-        .map_err(BlobError::io("make the upload durable"))
-        .map_err(abandon)?;
+        let committed = tokio::task::spawn_blocking(move || spool.commit(guard, &file, &key, digests.into()))
+            .await
+            .expect("spool commit task")
+            .map_err(BlobError::io("make the upload durable"))
+            .map_err(abandon)?;
         drop(reservation);
         if through {
             match replicator.upload_now(key, size, since).await {
@@ -268,14 +265,7 @@ impl Writer {
             replicator.enqueue(key, size, since);
         }
         tracing::debug!(%key, size, total = ?started.elapsed(), "upload stored");
-        match committed {
-            Ok(Some(blob)) => self.warm(blob, token),
-            Ok(None) => self.parts.completions.finish(&self.parts.cache, key, &token, None),
-            Err(e) => {
-                tracing::warn!(%key, error = %crate::error_chain(&e), "could not cache a new blob");
-                self.parts.completions.finish(&self.parts.cache, key, &token, None);
-            }
-        }
+        self.warm(committed, token);
         Ok(PutOutcome {
             md5: key,
             size,

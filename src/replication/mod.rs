@@ -110,6 +110,9 @@ impl Pending {
     }
 }
 
+/// Reads one figure of a queue snapshot, for a gauge.
+type ReadQueue = fn(&QueueSnapshot) -> f64;
+
 /// A snapshot of the queue.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct QueueSnapshot {
@@ -225,28 +228,29 @@ impl Replicator {
                 ),
             },
         });
-        let weak = Arc::downgrade(&r);
-        let snapshot = move || weak.upgrade().map(|r| r.snapshot());
-        let s = snapshot.clone();
-        metrics::computed_gauge(
-            registry,
-            "blobcache_pending_blobs",
-            "blobs acknowledged here, waiting for the store",
-            move || s().map_or(0.0, |q| q.pending_blobs as f64),
-        );
-        let s = snapshot.clone();
-        metrics::computed_gauge(
-            registry,
-            "blobcache_pending_bytes",
-            "bytes acknowledged here, waiting for the store",
-            move || s().map_or(0.0, |q| q.pending_bytes as f64),
-        );
-        metrics::computed_gauge(
-            registry,
-            "blobcache_oldest_pending_age_seconds",
-            "age of the oldest blob waiting for the store",
-            move || snapshot().map_or(0.0, |q| q.oldest_pending_age_seconds),
-        );
+        let gauges: [(&str, &str, ReadQueue); 3] = [
+            (
+                "blobcache_pending_blobs",
+                "blobs acknowledged here, waiting for the store",
+                |q| q.pending_blobs as f64,
+            ),
+            (
+                "blobcache_pending_bytes",
+                "bytes acknowledged here, waiting for the store",
+                |q| q.pending_bytes as f64,
+            ),
+            (
+                "blobcache_oldest_pending_age_seconds",
+                "age of the oldest blob waiting for the store",
+                |q| q.oldest_pending_age_seconds,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let weak = Arc::downgrade(&r);
+            metrics::computed_gauge(registry, name, help, move || {
+                weak.upgrade().map_or(0.0, |r| read(&r.snapshot()))
+            });
+        }
         r
     }
 

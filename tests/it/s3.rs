@@ -107,14 +107,7 @@ async fn large_blobs_go_up_in_parts_each_checked() {
     let a = TestApp::spawn_with(settings).await;
     let bytes = data(12 * 1024 * 1024 + 7, 4);
     let key = BlobKey::of(&bytes);
-    let resp = a
-        .client
-        .put(a.blob_url(&key))
-        .header("x-blob-durability", "stored")
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = a.put_stored(&key, &bytes).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["x-blob-durability"], "stored");
 
@@ -151,14 +144,7 @@ async fn a_failed_multipart_upload_is_aborted_and_nothing_is_stored() {
         |m, u| m == http::Method::PUT && u.query().is_some_and(|q| q.contains("partNumber=2")),
         Fault::Error(500, "InternalError"),
     );
-    let resp = a
-        .client
-        .put(a.blob_url(&key))
-        .header("x-blob-durability", "stored")
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = a.put_stored(&key, &bytes).await;
     assert_error(resp, 503, "store_unavailable").await;
     assert!(
         s3.requests()

@@ -58,10 +58,7 @@ async fn uploads_are_retried_until_the_store_takes_them() {
     let body = data(300_000, 60);
     let key = BlobKey::of(&body);
     assert_eq!(app.put(&body).await.status(), 201);
-    common::eventually_async("a failed attempt", || async {
-        app.stat("replication.upload_failures").await >= 1
-    })
-    .await;
+    app.upload_failed().await;
     mend_store(&app.store_dir());
     // The first retry comes after about a second (backoff with jitter).
     app.replicated().await;
@@ -200,10 +197,7 @@ async fn delete_of_a_pending_blob_cancels_its_upload() {
     let body = data(400_000, 99);
     let key = BlobKey::of(&body);
     assert_eq!(app.put(&body).await.status(), 201);
-    common::eventually_async("a failed attempt", || async {
-        app.stat("replication.upload_failures").await >= 1
-    })
-    .await;
+    app.upload_failed().await;
 
     assert_eq!(
         app.client.delete(app.blob_url(&key)).send().await.unwrap().status(),

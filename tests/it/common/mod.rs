@@ -103,6 +103,25 @@ impl TestApp {
         self.get_with(key, &[("range", range)]).await
     }
 
+    /// PUT `body` under `key` asking for the answer only once the store has it.
+    pub async fn put_stored(&self, key: &BlobKey, body: &[u8]) -> reqwest::Response {
+        self.client
+            .put(self.blob_url(key))
+            .header("x-blob-durability", "stored")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    /// Wait for a first failed upload attempt (the store refuses them).
+    pub async fn upload_failed(&self) {
+        eventually_async("a failed upload attempt", || async {
+            self.stat("replication.upload_failures").await >= 1
+        })
+        .await;
+    }
+
     /// GET with extra request headers.
     pub async fn get_with(&self, key: &BlobKey, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut req = self.client.get(self.blob_url(key));
