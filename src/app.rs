@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::blobs::BlobService;
+use crate::blobs::{BlobService, catch_up};
 use crate::cache::BlobCache;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{self, AppState, HttpMetrics};
 use crate::replication::{Backoff, Replicator, Spool};
@@ -21,6 +22,8 @@ use crate::warm::Warmer;
 pub struct App {
     config: Config,
     state: AppState,
+    /// Where the first listing of the store's new tombstones starts (a cluster node).
+    tombstones_since: Option<std::time::SystemTime>,
 }
 
 impl App {
@@ -73,15 +76,39 @@ impl App {
         for p in pending {
             replicator.enqueue(p.key, p.size, p.modified);
         }
+        let queued = {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || spool.queued_deletes())
+                .await
+                .expect("spool task")
+                .context("reading the queued deletes")?
+        };
+        if !queued.is_empty() {
+            tracing::info!(deletes = queued.len(), "replaying deletes still queued for the store");
+        }
+        for (key, at) in queued {
+            replicator.enqueue_delete(key, at);
+        }
+        let cluster = Cluster::new(&config.cluster, &registry).context("setting up the cluster")?;
+        if cluster.is_some() {
+            replicator.record_tombstones_in_store();
+        }
         let blobs = Arc::new(BlobService::new(
             cache.clone(),
-            store,
+            store.clone(),
             spool,
             replicator.clone(),
             Arc::new(tombstones),
+            cluster.clone(),
             config.blobs.clone(),
             &registry,
         ));
+        // A node that was away catches up on the deletions it missed before it serves.
+        let mut tombstones_since = None;
+        if let Some(cluster) = &cluster {
+            cluster.join().await;
+            tombstones_since = catch_up::catch_up(&blobs, &*store, cluster, config.tombstone_retention).await;
+        }
         let warm = Arc::new(Warmer::new(blobs.clone(), &registry));
         let state = AppState {
             blobs,
@@ -100,7 +127,11 @@ impl App {
             warm,
             registry,
         };
-        Ok(App { config, state })
+        Ok(App {
+            config,
+            state,
+            tombstones_since,
+        })
     }
 
     pub fn state(&self) -> &AppState {
@@ -116,12 +147,28 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let App { config, state } = self;
+        let App {
+            config,
+            state,
+            tombstones_since,
+        } = self;
         let (cache, replicator) = (state.cache.clone(), state.replicator.clone());
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
         for _ in 0..config.replication.upload_concurrency {
             workers.spawn(replicator.clone().run_worker(stop_workers.clone()));
+        }
+        workers.spawn(replicator.clone().run_delete_worker(stop_workers.clone()));
+        if let Some(cluster) = state.blobs.cluster() {
+            workers.spawn(cluster.clone().run(stop_workers.clone()));
+            workers.spawn(catch_up::run(
+                state.blobs.clone(),
+                state.store.clone(),
+                tombstones_since,
+                config.cluster.tombstone_sync,
+                config.tombstone_retention,
+                stop_workers.clone(),
+            ));
         }
         workers.spawn(recover_store(state.store.clone(), stop_workers.clone()));
         workers.close();

@@ -3,6 +3,7 @@
 //! - [`key`]: `BlobKey`, parsed at the boundary.
 //! - [`http`]: routes, handlers, error mapping, HTTP metrics.
 //! - [`blobs`]: `BlobService`: the lookup chain, reads and fills, ingest, DELETE.
+//! - [`cluster`]: membership, owners (rendezvous hashing), the peer client.
 //! - [`cache`]: the foyer hybrid cache of chunks (the only user of foyer).
 //! - [`chunks`]: chunk arithmetic and the per-chunk digest.
 //! - [`store`]: the persistent store trait, its backends, its metrics and circuit breaker.
@@ -14,7 +15,8 @@
 //! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 //!
 //! Dependencies point one way: `app` and `config` at everything; `http` at
-//! `blobs` and `warm`; `warm` at `blobs`; `blobs` at `cache`, `replication`, `store`, `tombstones`;
+//! `blobs`, `cluster` and `warm`; `warm` at `blobs`; `blobs` at `cache`, `cluster`, `replication`,
+//! `store`, `tombstones`; `cluster` at nothing but `key` and `metrics`;
 //! `replication` at `store`; every module at `key`, `chunks`, `metrics`;
 //! `client` only at `key` (it speaks HTTP to a node).
 
@@ -23,6 +25,7 @@ pub mod blobs;
 pub mod cache;
 pub mod chunks;
 pub mod client;
+pub mod cluster;
 pub mod config;
 mod fsutil;
 pub mod http;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::blobs::{BlobError, BlobService, Source};
+use crate::blobs::{BlobError, BlobService, Reach, Source};
 use crate::key::BlobKey;
 use crate::metrics;
 
@@ -378,7 +378,7 @@ async fn warm_one(blobs: &BlobService, key: BlobKey) -> Outcome {
             Outcome::Failed(e)
         }
     };
-    let found = match blobs.open(&key).await {
+    let found = match blobs.open(&key, Reach::LocalAndStore).await {
         Ok(found) => found,
         Err(e) => return failed(e),
     };

@@ -42,6 +42,8 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Peer(#[from] crate::cluster::PeerError),
     #[error("the shared read of this blob stopped")]
     FillAborted,
     #[error(transparent)]

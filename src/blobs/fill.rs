@@ -18,6 +18,7 @@ use super::read::{Origin, Publish, READAHEAD, Reader};
 use super::{BlobError, BodyStream};
 use crate::cache::BlobMeta;
 use crate::chunks;
+use crate::cluster::PeerBlob;
 use crate::key::BlobKey;
 
 /// The fill hands readers a chunk's bytes in batches of about this many, as
@@ -83,7 +84,13 @@ impl Drop for FillEntry {
 
 impl Reader {
     /// A full read of a blob that is only in the store: join (or start) its fill.
-    pub(super) async fn read_through_full(self: &Arc<Self>, key: BlobKey, size: u64) -> Result<BodyStream, BlobError> {
+    /// `peer`: a peer to read it from first (`--peer-copies`).
+    pub(super) async fn read_through_full(
+        self: &Arc<Self>,
+        key: BlobKey,
+        size: u64,
+        peer: Option<PeerBlob>,
+    ) -> Result<BodyStream, BlobError> {
         if size == 0 {
             // Nothing to stream, so the check must come before the answer.
             if key != BlobKey::EMPTY {
@@ -101,7 +108,7 @@ impl Reader {
             self.parts.cache.insert_meta(&key, &meta);
             return Ok(stream::empty().boxed());
         }
-        let rx = self.join_fill(key, size);
+        let rx = self.join_fill(key, size, peer);
         let n = chunks::count(size, self.parts.chunk_size());
         let svc = self.clone();
         let origin = Origin::new(key, size, None, None);
@@ -147,7 +154,7 @@ impl Reader {
             .boxed())
     }
 
-    fn join_fill(self: &Arc<Self>, key: BlobKey, size: u64) -> watch::Receiver<FillState> {
+    fn join_fill(self: &Arc<Self>, key: BlobKey, size: u64, peer: Option<PeerBlob>) -> watch::Receiver<FillState> {
         let mut fills = self.fills.lock().expect("fills lock");
         if let Some(tx) = fills.get(&key) {
             self.parts.stats.coalesced_waiters.inc();
@@ -158,11 +165,17 @@ impl Reader {
         fills.insert(key, tx.clone());
         self.parts.stats.fills.inc();
         // The fill runs on its own task: a client that leaves does not stop it for the others.
-        tokio::spawn(self.clone().run_fill(key, size, tx));
+        tokio::spawn(self.clone().run_fill(key, size, peer, tx));
         rx
     }
 
-    async fn run_fill(self: Arc<Self>, key: BlobKey, size: u64, tx: Arc<watch::Sender<FillState>>) {
+    async fn run_fill(
+        self: Arc<Self>,
+        key: BlobKey,
+        size: u64,
+        peer: Option<PeerBlob>,
+        tx: Arc<watch::Sender<FillState>>,
+    ) {
         // However this task ends (a panic included), the blob leaves the map, so
         // the sender is dropped and no reader waits on a fill that is gone.
         let registered = FillEntry {
@@ -172,7 +185,7 @@ impl Reader {
         let token = self.parts.completions.begin(key);
         let n = chunks::count(size, self.parts.chunk_size());
         let svc = self.clone();
-        let origin = Origin::new(key, size, None, None);
+        let origin = Origin::from_peer(key, size, peer);
         let publisher = tx.clone();
         let mut parts = stream::iter(0..n)
             .map(move |i| {

@@ -1,7 +1,9 @@
 //! The one lookup: where a blob lives, asked the same way by GET, HEAD, PUT's
 //! "is it here already?", DELETE and status. The chain of origins is this
-//! node's cache, its pending spool, then the store; a new origin (a peer) is a
-//! new link in `find`. Store lookups of one key are coalesced into one request.
+//! node's cache, its pending spool, the blob's owner (in a cluster), the
+//! store, and last the other peers (a blob acknowledged on a node that could
+//! not reach its owner is pending there, not yet in the store). Store lookups
+//! of one key are coalesced into one request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::{BlobError, Parts};
 use crate::cache::BlobMeta;
+use crate::cluster::{Hop, PeerBlob};
 use crate::key::BlobKey;
 use crate::replication::SpoolBlob;
 use crate::store::StoreError;
@@ -21,16 +24,22 @@ type SharedHead = Shared<BoxFuture<'static, Result<u64, Arc<StoreError>>>>;
 pub enum Reach {
     /// This node only (cache and spool): no request leaves the node.
     Local,
-    /// This node, then the store.
+    /// This node, then the store; never a peer.
+    LocalAndStore,
+    /// As the blob's owner (a request a peer forwarded): this node, the store,
+    /// then the other peers' caches and spools; never forwarded again.
+    AsOwner,
+    /// Everything: this node, the owner, the store, the other peers.
     Everywhere,
 }
 
-/// Where a read is served from (`X-Cache`: `hit` for the first two, `miss` for the store).
+/// Where a read is served from (`X-Cache`: `hit` for the first two, `peer`, `miss` for the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Cache,
     Spool,
+    Peer,
     Store,
 }
 
@@ -41,6 +50,8 @@ pub enum Location {
     Cache(BlobMeta),
     /// Acknowledged here and not yet in the store: its file, opened, with its digests.
     Spool(Arc<SpoolBlob>),
+    /// On a peer: its owner, or a node that holds it pending.
+    Peer(PeerBlob),
     /// Only in the store.
     Store,
 }
@@ -58,6 +69,7 @@ impl Found {
         match self.location {
             Location::Cache(_) => Source::Cache,
             Location::Spool(_) => Source::Spool,
+            Location::Peer(_) => Source::Peer,
             Location::Store => Source::Store,
         }
     }
@@ -99,7 +111,29 @@ impl Lookup {
         if reach == Reach::Local {
             return Err(BlobError::NotFound);
         }
-        match self.store_size(key).await {
+        let cluster = self.parts.cluster.as_ref().filter(|_| reach != Reach::LocalAndStore);
+        let owner = cluster.and_then(|c| c.owner(key));
+        if reach == Reach::Everywhere
+            && let (Some(cluster), Some(owner)) = (cluster, &owner)
+        {
+            // The owner looks everywhere else itself (store, then its peers).
+            match cluster.lookup(owner, key, Hop::Owner).await {
+                Ok(Some(blob)) => return found(blob.size, Location::Peer(blob)),
+                Ok(None) => return Err(BlobError::NotFound),
+                Err(e) => tracing::debug!(%key, error = %e, "the owner could not be asked; reading on without it"),
+            }
+        }
+        let stored = self.store_size(key).await;
+        if let (Err(e), Some(cluster)) = (&stored, cluster)
+            && (e.is_not_found() || e.is_retryable())
+        {
+            // Not in the store (or the store is down): a peer may hold it pending.
+            let skip = if reach == Reach::Everywhere { owner.as_ref() } else { None };
+            if let Some(blob) = cluster.find_holder(key, skip).await {
+                return found(blob.size, Location::Peer(blob));
+            }
+        }
+        match stored {
             Ok(size) => found(size, Location::Store),
             Err(e) if e.is_not_found() => Err(BlobError::NotFound),
             Err(e) => Err(e.into()),

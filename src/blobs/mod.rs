@@ -6,12 +6,18 @@
 //!   joins one shared, verified fill per blob.
 //! - [`write`]: ingest: stream to the spool while hashing, make it durable,
 //!   hand it to replication, warm the cache.
-//! - DELETE and the status of a blob, below, over the same shared parts.
+//! - DELETE and the status of a blob, below, over the same shared parts. A
+//!   deletion is applied here (tombstone, cache, pending copy), sent to every
+//!   live peer, and then to the store, or queued for it (202) while it is down.
+//!
+//! - [`catch_up`]: deletions a node missed, read from the store's tombstones
+//!   and its peers' logs, before it serves and then periodically.
 //!
 //! Integrity: a blob enters the cache as complete only once its bytes matched
 //! its key, and the digest of each of its chunks is recorded then. A chunk
 //! read again later (from the spool or the store) is checked against it.
 
+pub mod catch_up;
 mod completions;
 mod error;
 mod fill;
@@ -34,8 +40,9 @@ pub use settings::{BlobConfig, BlobSettings, WriteMode};
 pub use write::{PutOutcome, PutRequest};
 
 use crate::cache::BlobCache;
+use crate::cluster::{Cluster, TombstoneRecord};
 use crate::key::BlobKey;
-use crate::replication::{Replicator, Spool};
+use crate::replication::{Replicator, Spool, StoreDelete};
 use crate::store::Store;
 use crate::tombstones::Tombstones;
 use completions::Completions;
@@ -67,8 +74,19 @@ struct Parts {
     spool: Arc<Spool>,
     replicator: Arc<Replicator>,
     tombstones: Arc<Tombstones>,
+    cluster: Option<Arc<Cluster>>,
     completions: Completions,
     stats: BlobStats,
+}
+
+/// What a DELETE did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Gone from this node, the live peers and the store.
+    Done,
+    /// Gone from this node and the live peers; the store could not be reached,
+    /// so the delete is queued on disk and sent when it answers.
+    Queued,
 }
 
 impl Parts {
@@ -95,12 +113,14 @@ pub struct BlobService {
 }
 
 impl BlobService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cache: BlobCache,
         store: Arc<dyn Store>,
         spool: Arc<Spool>,
         replicator: Arc<Replicator>,
         tombstones: Arc<Tombstones>,
+        cluster: Option<Arc<Cluster>>,
         config: BlobConfig,
         registry: &Registry,
     ) -> Self {
@@ -110,6 +130,7 @@ impl BlobService {
             spool,
             replicator,
             tombstones,
+            cluster,
             completions: Completions::default(),
             stats: BlobStats::new(registry),
         });
@@ -122,14 +143,16 @@ impl BlobService {
         }
     }
 
-    /// Find a blob for a GET or HEAD: cache, then pending spool, then store.
-    pub async fn open(&self, key: &BlobKey) -> Result<Found, BlobError> {
-        let found = self.lookup.find(key, Reach::Everywhere).await;
+    /// Find a blob for a GET or HEAD, as far as `reach` allows: cache, pending
+    /// spool, owner, store, other peers.
+    pub async fn open(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
+        let found = self.lookup.find(key, reach).await;
         let stats = &self.parts.stats;
         match &found {
             Ok(f) => match f.source() {
                 Source::Cache => stats.hits.inc(),
                 Source::Spool => stats.spool_hits.inc(),
+                Source::Peer => stats.peer_hits.inc(),
                 Source::Store => stats.misses.inc(),
             },
             Err(BlobError::NotFound) => stats.not_found.inc(),
@@ -154,16 +177,88 @@ impl BlobService {
         self.writer.put(req, body).await
     }
 
-    /// Remove a blob everywhere this node can reach: cache, pending queue, store.
-    /// The deletion is recorded durably first, so the cache's copies are stale
-    /// from then on, whatever its disk tier does (a full disk, a restart).
-    pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
+    /// Remove a blob everywhere: this node (cache, pending queue), every live
+    /// peer, and the store. The deletion is recorded durably first, so the
+    /// cache's copies are stale from then on, whatever its disk tier does (a
+    /// full disk, a restart). A store that cannot take the delete now gets it
+    /// later: the delete is queued on disk ([`Deleted::Queued`]).
+    pub async fn delete(&self, key: &BlobKey) -> Result<Deleted, BlobError> {
+        let p = &self.parts;
+        let at = SystemTime::now();
+        self.forget(key, at, true).await?;
+        let broadcast = async {
+            if let Some(cluster) = &p.cluster {
+                let missed = cluster.broadcast(&[TombstoneRecord::new(*key, at)]).await;
+                if !missed.is_empty() {
+                    let missed: Vec<&str> = missed.iter().map(|p| p.id.as_str()).collect();
+                    tracing::warn!(%key, ?missed, "peers missed a deletion; they catch up from the store's tombstones");
+                }
+            }
+        };
+        let (_, stored) = tokio::join!(broadcast, p.replicator.delete_from_store(key, at));
+        match stored {
+            Ok(StoreDelete::Done) => Ok(Deleted::Done),
+            // A PUT acknowledged since: it came after this DELETE and stands.
+            Ok(StoreDelete::Superseded) => Ok(Deleted::Done),
+            Err(e) => {
+                tracing::warn!(%key, error = %crate::error_chain(&e), "the store could not take a delete now; queued");
+                p.replicator
+                    .queue_delete(*key, at)
+                    .await
+                    .map_err(BlobError::io("queue the delete for the store"))?;
+                Ok(Deleted::Queued)
+            }
+        }
+    }
+
+    /// Deletions this node learned of from elsewhere (a peer's DELETE, the
+    /// store's tombstones, a peer's log). With `only_held`, only blobs this
+    /// node holds are recorded (catching up on many). Returns how many applied.
+    pub async fn learn_deletions(&self, records: &[(BlobKey, SystemTime)], only_held: bool) -> usize {
+        let p = &self.parts;
+        let mut applied = 0;
+        for (key, at) in records {
+            if p.tombstones.deleted_at(key).is_some_and(|known| known >= *at) {
+                continue;
+            }
+            if only_held && p.cache.meta(key).await.is_none() && p.replicator.pending_since(key).is_none() {
+                continue;
+            }
+            match self.forget(key, *at, false).await {
+                Ok(()) => applied += 1,
+                Err(e) => tracing::error!(%key, error = %crate::error_chain(&e), "could not apply a deletion"),
+            }
+        }
+        applied
+    }
+
+    /// An S3 event said the store's object is gone (deleted behind our back):
+    /// drop the blob from this node and every live peer, and leave a
+    /// tombstone in the store for nodes that are away. Pending copies
+    /// acknowledged after `at` stay (they will put it back).
+    pub async fn invalidate(&self, key: &BlobKey, at: SystemTime) -> Result<(), BlobError> {
+        let p = &self.parts;
+        let at = at.min(SystemTime::now());
+        self.forget(key, at, false).await?;
+        if let Some(cluster) = &p.cluster {
+            cluster.broadcast(&[TombstoneRecord::new(*key, at)]).await;
+            if let Err(e) = p.store.put_tombstone(key, at).await {
+                tracing::warn!(%key, error = %crate::error_chain(&e), "could not record an invalidation in the store");
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a blob deleted at `at` from this node: record the tombstone, stop
+    /// fills, drop the cache's copy and a pending copy acknowledged before `at`
+    /// (`always_pending`: any pending copy, for a DELETE made here now).
+    async fn forget(&self, key: &BlobKey, at: SystemTime, always_pending: bool) -> Result<(), BlobError> {
         let p = &self.parts;
         // First stop any fill or warm of this blob, under way or begun before
         // this returns, from marking it complete again.
         let _deleting = p.completions.deleting(*key);
         let (tombstones, k) = (p.tombstones.clone(), *key);
-        tokio::task::spawn_blocking(move || tombstones.record(&k, SystemTime::now()))
+        tokio::task::spawn_blocking(move || tombstones.record(&k, at))
             .await
             .expect("tombstone task")
             .map_err(BlobError::io("record the deletion"))?;
@@ -173,12 +268,29 @@ impl BlobService {
         };
         p.cache.remove_blob(key, size.unwrap_or(0));
         p.stats.invalidations.inc();
-        p.replicator
-            .cancel(key)
-            .await
-            .map_err(BlobError::io("remove a pending blob"))?;
-        p.store.delete(key).await?;
+        let cancel = always_pending || p.replicator.pending_since(key).is_some_and(|since| since <= at);
+        if cancel {
+            p.replicator
+                .cancel(key)
+                .await
+                .map_err(BlobError::io("remove a pending blob"))?;
+        }
         Ok(())
+    }
+
+    /// The deletions this node recorded at or after `since` (for a peer catching up).
+    pub fn deletions_since(&self, since: SystemTime) -> Vec<TombstoneRecord> {
+        self.parts
+            .tombstones
+            .since(since)
+            .into_iter()
+            .map(|(key, at)| TombstoneRecord::new(key, at))
+            .collect()
+    }
+
+    /// The cluster this node is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.parts.cluster.as_ref()
     }
 
     /// Where a blob is, as far as this node can tell.

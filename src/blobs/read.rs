@@ -16,6 +16,7 @@ use tokio::sync::{OnceCell, watch};
 use super::fill::{FillState, PUBLISH_BYTES};
 use super::{BlobError, BodyStream, Found, Location, Parts};
 use crate::chunks::{self, Digests};
+use crate::cluster::PeerBlob;
 use crate::key::BlobKey;
 use crate::replication::{SpoolBlob, SpoolError};
 
@@ -42,6 +43,8 @@ pub(super) struct Origin {
     /// read of a blob no one has verified yet.
     pub(super) digests: Option<Digests>,
     spool: OnceCell<Option<Arc<SpoolBlob>>>,
+    /// A peer to read chunks from before the store (`--peer-copies`).
+    peer: Option<PeerBlob>,
 }
 
 impl Origin {
@@ -55,6 +58,18 @@ impl Origin {
             size,
             digests,
             spool: cell,
+            peer: None,
+        })
+    }
+
+    /// A blob read from a peer, chunk by chunk, to keep a copy here.
+    pub(super) fn from_peer(key: BlobKey, size: u64, peer: Option<PeerBlob>) -> Arc<Self> {
+        Arc::new(Origin {
+            key,
+            size,
+            digests: None,
+            spool: OnceCell::new(),
+            peer,
         })
     }
 }
@@ -92,9 +107,44 @@ impl Reader {
         debug_assert!(range.end <= size && range.start <= range.end);
         match location {
             Location::Spool(blob) => Ok(self.spool_stream(blob, range)),
-            Location::Store if range.start == 0 && range.end == size => self.read_through_full(key, size).await,
+            Location::Peer(blob) => self.peer_stream(key, size, blob, range).await,
+            Location::Store if range.start == 0 && range.end == size => self.read_through_full(key, size, None).await,
             Location::Store => Ok(self.chunk_stream(Origin::new(key, size, None, None), range)),
             Location::Cache(meta) => Ok(self.chunk_stream(Origin::new(key, size, Some(meta.digests), None), range)),
+        }
+    }
+
+    /// A blob a peer has. By default its bytes stream through (the peer
+    /// checked them) and nothing is kept here, so the cluster caches each blob
+    /// once. With `--peer-copies` they go through this node's cache like a
+    /// store read: a full read is a verified fill. A peer that fails before the
+    /// first byte is passed over for the store.
+    async fn peer_stream(
+        self: &Arc<Self>,
+        key: BlobKey,
+        size: u64,
+        blob: PeerBlob,
+        range: Range<u64>,
+    ) -> Result<BodyStream, BlobError> {
+        let cluster = self.parts.cluster.clone().expect("a peer location comes from a cluster");
+        let full = range.start == 0 && range.end == size;
+        if cluster.config().peer_copies {
+            return if full {
+                self.read_through_full(key, size, Some(blob)).await
+            } else {
+                Ok(self.chunk_stream(Origin::from_peer(key, size, Some(blob)), range))
+            };
+        }
+        match cluster.get(&blob, &key, range.clone()).await {
+            Ok(stream) => Ok(stream.map(|r| r.map_err(BlobError::Peer)).boxed()),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "a peer that has the blob failed; reading the store");
+                if full {
+                    self.read_through_full(key, size, None).await
+                } else {
+                    Ok(self.chunk_stream(Origin::new(key, size, None, None), range))
+                }
+            }
         }
     }
 
@@ -188,7 +238,7 @@ impl Reader {
             return self.spool_chunk(blob, index).await;
         }
         let range = chunks::bounds(index, origin.size, self.parts.chunk_size());
-        let bytes = self.read_store(key, range, publish).await?;
+        let bytes = self.read_remote(origin, range, publish).await?;
         if let Some(digests) = &origin.digests
             && chunks::digest(&bytes) != digests[index as usize]
         {
@@ -201,15 +251,36 @@ impl Reader {
         Ok(bytes)
     }
 
-    /// A byte range from the store, handed to `publish` as it arrives.
-    async fn read_store(
+    /// A byte range from the origin's peer (if it has one and it answers),
+    /// else the store, handed to `publish` as it arrives.
+    async fn read_remote(
         &self,
-        key: BlobKey,
+        origin: &Origin,
         range: Range<u64>,
         mut publish: Option<Publish>,
     ) -> Result<Bytes, BlobError> {
+        let key = origin.key;
         let want = (range.end - range.start) as usize;
-        let mut body = self.parts.store.get(&key, range).await?;
+        let from_peer = match (&origin.peer, &self.parts.cluster) {
+            (Some(blob), Some(cluster)) => match cluster.get(blob, &key, range.clone()).await {
+                Ok(stream) => Some(stream.map(|r| r.map_err(BlobError::Peer)).boxed()),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "a chunk could not be read from the peer; reading the store");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut body: BodyStream = match from_peer {
+            Some(stream) => stream,
+            None => self
+                .parts
+                .store
+                .get(&key, range)
+                .await?
+                .map(|r| r.map_err(BlobError::from))
+                .boxed(),
+        };
         let mut buf = BytesMut::with_capacity(want);
         let mut batch = Vec::new();
         let mut batched = 0;

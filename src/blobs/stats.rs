@@ -10,6 +10,7 @@ use crate::metrics::counter;
 pub struct BlobStats {
     pub hits: IntCounter,
     pub spool_hits: IntCounter,
+    pub peer_hits: IntCounter,
     pub misses: IntCounter,
     pub not_found: IntCounter,
     pub fills: IntCounter,
@@ -29,6 +30,10 @@ impl BlobStats {
         BlobStats {
             hits: c("blobcache_cache_hits_total", "GETs/HEADs served from the cache"),
             spool_hits: c("blobcache_spool_hits_total", "GETs/HEADs served from the pending spool"),
+            peer_hits: c(
+                "blobcache_peer_hits_total",
+                "GETs/HEADs served from a peer (the blob's owner, or a node holding it pending)",
+            ),
             misses: c("blobcache_cache_misses_total", "GETs/HEADs read through from the store"),
             not_found: c("blobcache_not_found_total", "lookups of blobs found nowhere"),
             fills: c("blobcache_fills_total", "shared read-through fills started"),
@@ -40,7 +45,10 @@ impl BlobStats {
                 "blobcache_integrity_failures_total",
                 "reads whose bytes did not match the blob's key or recorded digests (never served as good)",
             ),
-            invalidations: c("blobcache_invalidations_total", "DELETEs"),
+            invalidations: c(
+                "blobcache_invalidations_total",
+                "blobs removed from this node by a DELETE here, a peer's DELETE, a tombstone or an S3 event",
+            ),
             puts_created: c("blobcache_puts_created_total", "blobs stored by PUT"),
             puts_existing: c(
                 "blobcache_puts_existing_total",
@@ -60,6 +68,7 @@ impl BlobStats {
         serde_json::json!({
             "hits": self.hits.get(),
             "spool_hits": self.spool_hits.get(),
+            "peer_hits": self.peer_hits.get(),
             "misses": self.misses.get(),
             "not_found": self.not_found.get(),
             "invalidations": self.invalidations.get(),

@@ -129,7 +129,7 @@ impl Writer {
     /// write-back PUT asks only this node: it must never wait on the store,
     /// and the uploader skips blobs the store already has.
     async fn existing(&self, key: &BlobKey, write_through: bool) -> Result<Option<u64>, BlobError> {
-        let reach = if write_through { Reach::Everywhere } else { Reach::Local };
+        let reach = if write_through { Reach::LocalAndStore } else { Reach::Local };
         match self.lookup.find(key, reach).await {
             Ok(found) => Ok(Some(found.size)),
             Err(BlobError::NotFound) => Ok(None),
@@ -255,6 +255,11 @@ impl Writer {
             .map_err(BlobError::io("make the upload durable"))
             .map_err(abandon)?;
         drop(reservation);
+        replicator
+            .supersede_queued_delete(&key)
+            .await
+            .map_err(BlobError::io("drop a queued delete of the blob"))
+            .map_err(abandon)?;
         if through {
             match replicator.upload_now(key, size, since).await {
                 // A DELETE won the race after the commit: this PUT happened, then the DELETE.

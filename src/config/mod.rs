@@ -17,6 +17,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::blobs::{BlobConfig, BlobSettings};
 use crate::cache::{CacheLimits, CacheSettings};
+use crate::cluster::{ClusterConfig, ClusterSettings};
 use crate::http::{HttpConfig, HttpSettings};
 use crate::replication::{ReplicationConfig, ReplicationSettings};
 use crate::store::{StoreConfig, StoreSettings};
@@ -80,6 +81,8 @@ pub struct Settings {
     pub store: StoreSettings,
     #[command(flatten)]
     pub http: HttpSettings,
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -111,6 +114,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(flatten)]
     pub http: HttpConfig,
+    #[serde(flatten)]
+    pub cluster: ClusterConfig,
 }
 
 impl Cli {
@@ -204,6 +209,7 @@ impl Config {
             replication: s.replication.resolve()?,
             store: s.store.resolve(&data_dir)?,
             http: s.http.resolve()?,
+            cluster: s.cluster.resolve()?,
             data_dir,
         };
         // What spans sections.

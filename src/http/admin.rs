@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::cluster::Hop;
 use crate::store::Store;
 
 pub async fn healthz() -> Json<Value> {
@@ -50,19 +51,33 @@ impl Readiness {
     }
 }
 
-/// Ready when the node is not shutting down and the store answered a cheap probe recently.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Ready when the node is not shutting down and the store answered a cheap
+/// probe recently. The answer also names the node (its id in a cluster) and
+/// whether it serves requests: a node whose store is down is not ready for a
+/// load balancer, yet still serves its peers what it holds.
+///
+/// A peer's probe (it carries `X-Blobcache-Hop`) is answered at once, without
+/// asking the store: a store that hangs must not make the nodes think each
+/// other dead, which would break read-your-write exactly when it matters.
+pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+    let node = state.blobs.cluster().map(|c| c.me().to_string());
     if state.shutting_down.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "reason": "shutting down" })),
+            Json(json!({ "status": "unready", "reason": "shutting down", "node": node, "serving": false })),
         );
     }
+    if Hop::of(&headers).is_some() {
+        return (StatusCode::OK, Json(json!({ "status": "serving", "node": node, "serving": true })));
+    }
     match state.readiness.check(&*state.store).await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "node": node, "serving": true })),
+        ),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "reason": reason })),
+            Json(json!({ "status": "unready", "reason": reason, "node": node, "serving": true })),
         ),
     }
 }
@@ -80,6 +95,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "disk_cache_used_bytes": state.cache.disk_used_bytes(),
         "store": store,
         "replication": state.replicator.snapshot(),
+        "cluster": state.blobs.cluster().map(|c| c.snapshot()),
     }))
 }
 

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::error::ApiError;
 use super::range::{self, RangeRequest};
-use crate::blobs::{BlobStatus, Found, PutRequest, Source};
+use crate::blobs::{BlobStatus, Deleted, Found, Location, PutRequest, Reach, Source};
+use crate::cluster::{ForwardedPut, Hop};
 use crate::key::BlobKey;
 
 const X_CACHE: &str = "x-cache";
@@ -63,18 +64,31 @@ fn blob_headers(state: &AppState, headers: &mut HeaderMap, opened: &Found) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    let cache = if opened.source() == Source::Store {
-        "miss"
-    } else {
-        "hit"
+    let cache = match opened.source() {
+        Source::Cache | Source::Spool => "hit",
+        Source::Peer => "peer",
+        Source::Store => "miss",
     };
     headers.insert(X_CACHE, HeaderValue::from_static(cache));
     headers.insert(DURABILITY, durability(pending(state, opened)));
 }
 
-/// A blob served from this node's spool, or still queued, has not reached the store yet.
+/// A blob served from a spool (this node's or a peer's), or still queued, has not reached the store yet.
 fn pending(state: &AppState, opened: &Found) -> bool {
-    opened.source() == Source::Spool || state.blobs.is_pending(&opened.key)
+    match &opened.location {
+        Location::Spool(_) => true,
+        Location::Peer(blob) => blob.pending,
+        _ => state.blobs.is_pending(&opened.key),
+    }
+}
+
+/// How far a read looks: a request a peer forwarded never goes to a peer again.
+fn reach(headers: &HeaderMap) -> Reach {
+    match Hop::of(headers) {
+        None => Reach::Everywhere,
+        Some(Hop::Owner) => Reach::AsOwner,
+        Some(Hop::Local) => Reach::Local,
+    }
 }
 
 pub async fn get_blob(
@@ -83,7 +97,7 @@ pub async fn get_blob(
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    let opened = state.blobs.open(&key).await?;
+    let opened = state.blobs.open(&key, reach(&req_headers)).await?;
     let size = opened.size;
     let mut resp = Response::new(Body::empty());
     blob_headers(&state, resp.headers_mut(), &opened);
@@ -132,9 +146,13 @@ pub async fn get_blob(
     Ok(resp)
 }
 
-pub async fn head_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn head_blob(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    let opened = state.blobs.open(&key).await?;
+    let opened = state.blobs.open(&key, reach(&headers)).await?;
     let mut resp = Response::new(Body::empty());
     blob_headers(&state, resp.headers_mut(), &opened);
     resp.headers_mut()
@@ -221,8 +239,23 @@ async fn store(
         declared_len: declared_len(headers),
         write_through: wants_store(headers)?,
     };
-    let body = cut_when_stalled_at_shutdown(body, state.shutting_down.clone());
-    let outcome = state.blobs.put(req, Box::pin(body)).await?;
+    let mut body = Box::pin(cut_when_stalled_at_shutdown(body, state.shutting_down.clone()));
+    // A PUT goes to the blob's owner, where reads will look; one a peer sent is never sent on.
+    if let (Some(key), Some(cluster), None) = (expected, state.blobs.cluster(), Hop::of(headers))
+        && let Some(owner) = cluster.owner(&key)
+    {
+        match cluster.forward_put(&owner, &key, headers, body).await {
+            ForwardedPut::Answer(resp) => return Ok(relay(resp).await),
+            ForwardedPut::Failed(e) => return Err(crate::blobs::BlobError::Peer(e).into()),
+            // The owner could not be reached: this node takes the blob; the
+            // owner finds it here (it asks its peers before answering 404).
+            ForwardedPut::NotSent(untouched, e) => {
+                tracing::warn!(%key, error = %e, "the owner could not be reached; storing the blob here");
+                body = untouched;
+            }
+        }
+    }
+    let outcome = state.blobs.put(req, body).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -239,6 +272,37 @@ async fn store(
     Ok(resp)
 }
 
+/// The owner's answer to a forwarded PUT, passed on as it is (a small JSON body).
+async fn relay(resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let mut headers = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::LOCATION,
+        header::ETAG,
+        header::RETRY_AFTER,
+        header::HeaderName::from_static(DURABILITY),
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    match resp.bytes().await {
+        Ok(body) => {
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            out
+        }
+        Err(e) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "peer_error",
+            format!("the owner's answer broke off: {}; the upload may or may not be stored, retry it", crate::error_chain(&e)),
+        )
+        .into_response(),
+    }
+}
+
 pub async fn put_blob(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -253,10 +317,23 @@ pub async fn post_blob(State(state): State<AppState>, headers: HeaderMap, body: 
     store(&state, None, &headers, body).await
 }
 
-pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+/// 204 once the blob is gone everywhere; 202 when the store could not take
+/// the delete now: it is gone from the cluster's caches and spools, and
+/// queued on disk for the store.
+pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    state.blobs.delete(&key).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(match state.blobs.delete(&key).await? {
+        Deleted::Done => StatusCode::NO_CONTENT.into_response(),
+        Deleted::Queued => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "md5": key,
+                "queued": true,
+                "message": "deleted from the cache; the store cannot be reached, so its delete is queued and sent when it answers",
+            })),
+        )
+            .into_response(),
+    })
 }
 
 pub async fn blob_status(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<BlobStatus>, ApiError> {

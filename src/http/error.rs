@@ -135,6 +135,15 @@ impl From<BlobError> for ApiError {
                     ApiError::new(S::BAD_GATEWAY, "store_error", "the persistent store failed the request")
                 }
             },
+            BlobError::Peer(e) => {
+                tracing::warn!(error = %e, "peer failed");
+                ApiError::new(
+                    S::BAD_GATEWAY,
+                    "peer_error",
+                    format!("the node that holds this blob failed: {e}; try again"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
             // Already logged where it was found.
             BlobError::Integrity { .. }
             | BlobError::ShortRead { .. }

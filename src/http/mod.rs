@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod blobs;
+mod cluster;
 pub mod error;
 mod metrics;
 pub mod range;
@@ -112,6 +113,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/stats", get(admin::stats))
         .route("/metrics", get(admin::metrics))
+        .route("/cluster", get(cluster::view))
+        .route(
+            "/cluster/tombstones",
+            get(cluster::tombstones).post(cluster::take_tombstones),
+        )
+        .route("/events/s3", post(cluster::s3_events))
         .route("/warm", post(warm::start))
         .route("/warm/{id}", get(warm::status))
         // Blob bodies are streamed and limited by --max-blob-size in the service.

@@ -8,6 +8,7 @@
 //! those checked bytes, so a store that verifies (S3's `Content-MD5`) refuses
 //! bytes damaged after the check. A damaged blob is moved aside, never sent.
 
+mod deletes;
 mod settings;
 pub mod spool;
 mod upload;
@@ -15,12 +16,13 @@ mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, Registry};
 use tokio::sync::{Notify, watch};
 
+pub use deletes::StoreDelete;
 pub use settings::{ReplicationConfig, ReplicationSettings};
 pub use spool::{Spool, SpoolBlob, SpoolError};
 
@@ -124,6 +126,8 @@ pub struct QueueSnapshot {
     pub upload_failures: u64,
     /// Pending blobs found damaged and moved aside (`spool/damaged/`).
     pub damaged: u64,
+    /// DELETEs acknowledged (202) that wait for the store.
+    pub queued_deletes: u64,
 }
 
 #[derive(Debug)]
@@ -152,6 +156,11 @@ pub struct Replicator {
     pending_bytes: AtomicU64,
     /// Spool bytes promised to uploads still streaming in.
     reserved: AtomicU64,
+    /// Deletes acknowledged while the store could not take them (also on disk).
+    deletes: std::sync::Mutex<HashMap<BlobKey, deletes::QueuedDelete>>,
+    delete_work: Notify,
+    /// Whether each store delete also records a tombstone there (in a cluster).
+    tombstones_in_store: AtomicBool,
     c: Counters,
 }
 
@@ -208,6 +217,9 @@ impl Replicator {
             idle: Notify::new(),
             pending_bytes: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
+            deletes: Default::default(),
+            delete_work: Notify::new(),
+            tombstones_in_store: AtomicBool::new(false),
             c: Counters {
                 uploaded: c("blobcache_uploads_total", "pending blobs copied to the store"),
                 attempts: c(
@@ -274,7 +286,9 @@ impl Replicator {
             // Written again after a DELETE, or after its earlier copy was found damaged.
             entry.deleted = false;
             entry.damaged = false;
-            self.pending_bytes.fetch_add(entry.size, Ordering::SeqCst);
+            entry.size = size;
+            entry.since = since;
+            self.pending_bytes.fetch_add(size, Ordering::SeqCst);
         }
         drop(state);
         self.work.notify_one();
@@ -288,6 +302,16 @@ impl Replicator {
             .get(key)
             .filter(|p| p.live())
             .map(|p| p.size)
+    }
+
+    /// When a blob still waiting for the store was acknowledged here.
+    pub fn pending_since(&self, key: &BlobKey) -> Option<SystemTime> {
+        self.state
+            .lock()
+            .expect("queue lock")
+            .get(key)
+            .filter(|p| p.live())
+            .map(|p| p.since)
     }
 
     pub fn is_pending(&self, key: &BlobKey) -> bool {
@@ -447,6 +471,7 @@ impl Replicator {
             upload_attempts: self.c.attempts.get(),
             upload_failures: self.c.failures.get(),
             damaged: self.c.damaged.get(),
+            queued_deletes: self.queued_deletes() as u64,
         }
     }
 

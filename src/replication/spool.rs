@@ -5,12 +5,15 @@
 //! the cache (which may evict). Every read of a pending blob, for a client or
 //! for the upload, is checked against those digests; a blob that fails (bit
 //! rot, a bad disk) is moved to `damaged/` and never served or uploaded.
+//! `deletes/<md5>` records a DELETE acknowledged while the store could not
+//! take it (the file holds the deletion time in µs): the queued delete.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -38,6 +41,7 @@ pub struct Spool {
     tmp: PathBuf,
     pending: PathBuf,
     damaged: PathBuf,
+    deletes: PathBuf,
     chunk_size: u64,
 }
 
@@ -67,7 +71,8 @@ impl Spool {
         let tmp = dir.join("tmp");
         let pending = dir.join("pending");
         let damaged = dir.join("damaged");
-        for d in [&tmp, &pending, &damaged] {
+        let deletes = dir.join("deletes");
+        for d in [&tmp, &pending, &damaged, &deletes] {
             tokio::fs::create_dir_all(d).await?;
         }
         let removed = fsutil::clear_dir(&tmp).await?;
@@ -106,6 +111,7 @@ impl Spool {
                 tmp,
                 pending,
                 damaged,
+                deletes,
                 chunk_size,
             },
             found,
@@ -223,6 +229,48 @@ impl Spool {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Durably record a DELETE the store has yet to take. Blocking.
+    pub fn record_delete(&self, key: &BlobKey, at: SystemTime) -> io::Result<()> {
+        let micros = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros();
+        let tmp = self.tmp.join(format!("{:016x}.delete", rand::random::<u64>()));
+        let result = (|| {
+            std::fs::write(&tmp, micros.to_string())?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, self.deletes.join(key.to_string()))?;
+            fsutil::sync_dir(&self.deletes)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Forget a queued delete (the store took it, or a later PUT superseded it). Blocking.
+    pub fn remove_delete(&self, key: &BlobKey) -> io::Result<()> {
+        match std::fs::remove_file(self.deletes.join(key.to_string())) {
+            Ok(()) => fsutil::sync_dir(&self.deletes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The queued deletes, to be replayed at start. Blocking.
+    pub fn queued_deletes(&self) -> io::Result<Vec<(BlobKey, SystemTime)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.deletes)? {
+            let entry = entry?;
+            let key = entry.file_name().to_string_lossy().parse::<BlobKey>();
+            let at = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            match (key, at) {
+                (Ok(key), Some(at)) => found.push((key, SystemTime::UNIX_EPOCH + Duration::from_micros(at))),
+                _ => tracing::warn!(file = ?entry.path(), "ignoring a stray file among the queued deletes"),
+            }
+        }
+        Ok(found)
     }
 
     /// Whether a copy of the blob was found damaged and moved aside. Blocking.

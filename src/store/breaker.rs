@@ -11,7 +11,7 @@
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use prometheus::{IntCounter, Registry};
 use tokio::sync::watch;
 
-use super::{ByteStream, Store, StoreError, StoreErrorKind};
+use super::{ByteStream, Store, StoreError, StoreErrorKind, Tombstone};
 use crate::key::BlobKey;
 use crate::metrics;
 
@@ -207,6 +207,22 @@ impl Store for Breaker {
     async fn recover(&self) -> Result<(), StoreError> {
         self.call(self.inner.recover()).await
     }
+
+    async fn put_tombstone(&self, key: &BlobKey, at: SystemTime) -> Result<(), StoreError> {
+        self.call(self.inner.put_tombstone(key, at)).await
+    }
+
+    async fn tombstones(&self, since: SystemTime) -> Result<Vec<Tombstone>, StoreError> {
+        self.call(self.inner.tombstones(since)).await
+    }
+
+    async fn expire_tombstones(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.call(self.inner.expire_tombstones(before)).await
+    }
+
+    fn blob_of_object(&self, bucket: &str, object: &str) -> Option<BlobKey> {
+        self.inner.blob_of_object(bucket, object)
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +273,15 @@ mod tests {
             } else {
                 Ok(())
             }
+        }
+        async fn put_tombstone(&self, _: &BlobKey, _: SystemTime) -> Result<(), StoreError> {
+            self.answer().await
+        }
+        async fn tombstones(&self, _: SystemTime) -> Result<Vec<Tombstone>, StoreError> {
+            self.answer().await
+        }
+        async fn expire_tombstones(&self, _: SystemTime) -> Result<u64, StoreError> {
+            self.answer().await
         }
     }
 

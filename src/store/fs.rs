@@ -1,18 +1,20 @@
 //! The local-directory store: the embedded default, so blobcache runs with no S3 at all.
 //!
 //! Layout: `<root>/ab/cd/<md5>`; writes go to `<root>/.tmp/` first and are renamed
-//! into place after an fsync, so a reader never sees a partial blob.
+//! into place after an fsync, so a reader never sees a partial blob. Tombstones
+//! are empty files in `<root>/.blobcache-tombstones/`, named by time and key.
 
 use std::io::{self, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, Store, StoreError, StoreErrorKind};
+use super::{ByteStream, Store, StoreError, StoreErrorKind, Tombstone};
 use crate::fsutil;
 use crate::key::BlobKey;
 
@@ -23,6 +25,7 @@ const READ_BUFFER: usize = 256 * 1024;
 pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
+    tombstones: PathBuf,
 }
 
 impl FsStore {
@@ -42,6 +45,7 @@ impl FsStore {
         Ok(FsStore {
             root: root.to_path_buf(),
             tmp,
+            tombstones: root.join(super::TOMBSTONE_DIR),
         })
     }
 
@@ -49,6 +53,10 @@ impl FsStore {
         let hex = key.to_string();
         self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
     }
+}
+
+fn unavailable(what: &str, e: io::Error) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, format!("{what} in the local store")).with_source(e)
 }
 
 fn io_error(key: &BlobKey, what: &str, e: io::Error) -> StoreError {
@@ -139,6 +147,72 @@ impl Store for FsStore {
             Ok(_) => Err(unavailable()),
             Err(e) => Err(unavailable().with_source(e)),
         }
+    }
+
+    async fn put_tombstone(&self, key: &BlobKey, at: SystemTime) -> Result<(), StoreError> {
+        let dir = self.tombstones.clone();
+        let name = super::tombstone_name(&Tombstone { key: *key, at }, SystemTime::now());
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::create(dir.join(name))?.sync_all()?;
+            fsutil::sync_dir(&dir)
+        })
+        .await
+        .expect("store task")
+        .map_err(|e| io_error(key, "record the deletion of", e))
+    }
+
+    async fn tombstones(&self, since: SystemTime) -> Result<Vec<Tombstone>, StoreError> {
+        let dir = self.tombstones.clone();
+        let start = super::tombstone_start(since);
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<Tombstone>> {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if name > start {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            Ok(names.iter().filter_map(|n| super::parse_tombstone_name(n)).collect())
+        })
+        .await
+        .expect("store task")
+        .map_err(|e| unavailable("list the tombstones", e))
+    }
+
+    async fn expire_tombstones(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let dir = self.tombstones.clone();
+        let end = super::tombstone_start(before);
+        tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+            let mut removed = 0;
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().as_ref() < end.as_str() {
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("store task")
+        .map_err(|e| unavailable("expire the tombstones", e))
+    }
+
+    /// Any bucket; the object is the blob's file, by its name.
+    fn blob_of_object(&self, _bucket: &str, object: &str) -> Option<BlobKey> {
+        let name = object.rsplit('/').next()?;
+        if name.len() != 32 {
+            return None;
+        }
+        name.parse().ok()
     }
 }
 

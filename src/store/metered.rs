@@ -3,13 +3,13 @@
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use prometheus::{HistogramVec, IntCounter, Registry};
 
-use super::{ByteStream, Store, StoreError};
+use super::{ByteStream, Store, StoreError, Tombstone};
 use crate::key::BlobKey;
 use crate::metrics;
 
@@ -139,5 +139,27 @@ impl Store for Metered {
 
     async fn recover(&self) -> Result<(), StoreError> {
         self.inner.recover().await
+    }
+
+    async fn put_tombstone(&self, key: &BlobKey, at: SystemTime) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let r = self.inner.put_tombstone(key, at).await;
+        self.finish("put_tombstone", started, r)
+    }
+
+    async fn tombstones(&self, since: SystemTime) -> Result<Vec<Tombstone>, StoreError> {
+        let started = Instant::now();
+        let r = self.inner.tombstones(since).await;
+        self.finish("list_tombstones", started, r)
+    }
+
+    async fn expire_tombstones(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        let r = self.inner.expire_tombstones(before).await;
+        self.finish("expire_tombstones", started, r)
+    }
+
+    fn blob_of_object(&self, bucket: &str, object: &str) -> Option<BlobKey> {
+        self.inner.blob_of_object(bucket, object)
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -122,6 +123,67 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn recover(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Record, where every node of a cluster can read it, that `key` was
+    /// deleted at `at`. Durable when this returns; recording twice is harmless.
+    async fn put_tombstone(&self, key: &BlobKey, at: SystemTime) -> Result<(), StoreError>;
+
+    /// The tombstones recorded at or after `since`, oldest first.
+    async fn tombstones(&self, since: SystemTime) -> Result<Vec<Tombstone>, StoreError>;
+
+    /// Remove the tombstones recorded before `before`; returns how many went.
+    async fn expire_tombstones(&self, before: SystemTime) -> Result<u64, StoreError>;
+
+    /// The blob a store object is, if it is one of this store's blobs: how S3
+    /// event notifications, which name a bucket and an object key, are read.
+    fn blob_of_object(&self, _bucket: &str, _object: &str) -> Option<BlobKey> {
+        None
+    }
+}
+
+/// A deletion recorded in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    pub key: BlobKey,
+    pub at: SystemTime,
+}
+
+/// Where tombstones live in a store, beside the blobs (whose names are bare MD5s).
+pub(crate) const TOMBSTONE_DIR: &str = ".blobcache-tombstones";
+
+/// A tombstone's object name: `<written>-<md5>-<deleted at>`, both times in
+/// zero-padded µs. Names sort by the time they were written, so a listing can
+/// start after the last one read; a deletion queued while the store was down
+/// is written late, with its real deletion time.
+pub(crate) fn tombstone_name(t: &Tombstone, written: SystemTime) -> String {
+    format!("{:020}-{}-{:020}", micros(written), t.key, micros(t.at))
+}
+
+/// The name a listing of the tombstones written at or after `since` starts after.
+pub(crate) fn tombstone_start(since: SystemTime) -> String {
+    // Every name written in that microsecond is "<micros>-...", which sorts after "<micros>".
+    format!("{:020}", micros(since))
+}
+
+pub(crate) fn parse_tombstone_name(name: &str) -> Option<Tombstone> {
+    let mut fields = name.split('-');
+    let (written, key, at) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() || written.len() != 20 || at.len() != 20 {
+        return None;
+    }
+    let at: u64 = at.parse().ok()?;
+    Some(Tombstone {
+        key: key.parse().ok()?,
+        at: SystemTime::UNIX_EPOCH + Duration::from_micros(at),
+    })
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 /// Open the store a URL names: `s3://bucket[/prefix]`, `file:///path` or a plain path.
@@ -141,4 +203,27 @@ pub async fn open(config: &StoreConfig, journal: &Path) -> anyhow::Result<Arc<dy
         anyhow::bail!("store {url:?}: unsupported scheme (use s3://bucket[/prefix] or file:///path)");
     }
     Ok(Arc::new(FsStore::open(Path::new(url)).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstone_names_sort_by_time_and_read_back() {
+        let key: BlobKey = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let t = Tombstone { key, at };
+        let written = at + Duration::from_secs(1);
+        let name = tombstone_name(&t, written);
+        assert_eq!(
+            name,
+            "00001700000001123456-0123456789abcdef0123456789abcdef-00001700000000123456"
+        );
+        assert_eq!(parse_tombstone_name(&name), Some(t));
+        assert!(name.as_str() > tombstone_start(written).as_str());
+        assert!(name.as_str() < tombstone_start(written + Duration::from_micros(1)).as_str());
+        assert_eq!(parse_tombstone_name("123-0123456789abcdef0123456789abcdef-1"), None);
+        assert_eq!(parse_tombstone_name("00001700000000123456-xyz-00001700000000123456"), None);
+    }
 }

@@ -1,7 +1,8 @@
 //! The S3 store: AWS S3 or any S3-protocol server (MinIO, Ceph RGW, R2).
 //! The only module that imports the AWS SDK.
 //!
-//! A blob lives at `<prefix>/<md5>` in one bucket. Uploads carry `Content-MD5`
+//! A blob lives at `<prefix>/<md5>` in one bucket, a tombstone (an empty
+//! object) at `<prefix>/.blobcache-tombstones/<time>-<md5>`. Uploads carry `Content-MD5`
 //! so the server checks the bytes it received; blobs above the multipart
 //! threshold go up in parts, each with its own `Content-MD5`, and the blob's
 //! MD5 is kept in the object's metadata (a multipart ETag is not the MD5).
@@ -12,7 +13,7 @@ mod journal;
 mod upload;
 
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -26,7 +27,7 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use futures::{StreamExt, stream};
 use std::path::Path;
 
-use super::{ByteStream, Store, StoreConfig, StoreError, StoreErrorKind};
+use super::{ByteStream, Store, StoreConfig, StoreError, StoreErrorKind, Tombstone};
 use crate::key::BlobKey;
 
 /// Per-call limits: the whole call, retries included, may take `limit`.
@@ -140,6 +141,43 @@ impl S3Store {
 
     fn object_key(&self, key: &BlobKey) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn tombstone_prefix(&self) -> String {
+        format!("{}{}/", self.prefix, super::TOMBSTONE_DIR)
+    }
+
+    /// The tombstones whose names sort after `start_after`, oldest first, every
+    /// page, each with its object key.
+    async fn list_tombstones(&self, start_after: &str) -> Result<Vec<(String, Tombstone)>, StoreError> {
+        let prefix = self.tombstone_prefix();
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .start_after(format!("{prefix}{start_after}"))
+                .set_continuation_token(token.take())
+                .customize()
+                .config_override(self.answer_limits())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectsV2 (tombstones)", None, e))?;
+            for object in page.contents() {
+                let Some(name) = object.key() else { continue };
+                if let Some(t) = name.strip_prefix(&prefix).and_then(super::parse_tombstone_name) {
+                    found.push((name.to_string(), t));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
     }
 
     /// Limits for a request answered without a large body going up.
@@ -331,6 +369,57 @@ impl Store for S3Store {
 
     async fn recover(&self) -> Result<(), StoreError> {
         self.abort_unfinished().await
+    }
+
+    async fn put_tombstone(&self, key: &BlobKey, at: SystemTime) -> Result<(), StoreError> {
+        let name = super::tombstone_name(&Tombstone { key: *key, at }, SystemTime::now());
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{name}", self.tombstone_prefix()))
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
+            .customize()
+            .config_override(self.answer_limits())
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject (tombstone)", Some(key), e))?;
+        Ok(())
+    }
+
+    async fn tombstones(&self, since: SystemTime) -> Result<Vec<Tombstone>, StoreError> {
+        let found = self.list_tombstones(&super::tombstone_start(since)).await?;
+        Ok(found.into_iter().map(|(_, t)| t).collect())
+    }
+
+    async fn expire_tombstones(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let end = format!("{}{}", self.tombstone_prefix(), super::tombstone_start(before));
+        let mut removed = 0;
+        for (name, t) in self.list_tombstones("").await? {
+            if name >= end {
+                break;
+            }
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(name)
+                .customize()
+                .config_override(self.answer_limits())
+                .send()
+                .await
+                .map_err(|e| self.error("DeleteObject (tombstone)", Some(&t.key), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Our bucket, and exactly `<prefix><md5>` (lower-case, as this store names blobs).
+    fn blob_of_object(&self, bucket: &str, object: &str) -> Option<BlobKey> {
+        if bucket != self.bucket {
+            return None;
+        }
+        let name = object.strip_prefix(&self.prefix)?;
+        let key: BlobKey = name.parse().ok()?;
+        (key.to_string() == name).then_some(key)
     }
 }
 
