@@ -128,7 +128,11 @@ impl Lookup {
             && (e.is_not_found() || e.is_retryable())
         {
             // Not in the store (or the store is down): a peer may hold it pending.
-            let skip = if reach == Reach::Everywhere { owner.as_ref() } else { None };
+            let skip = if reach == Reach::Everywhere {
+                owner.as_ref()
+            } else {
+                None
+            };
             if let Some(blob) = cluster.find_holder(key, skip).await {
                 return found(blob.size, Location::Peer(blob));
             }

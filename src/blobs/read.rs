@@ -126,7 +126,11 @@ impl Reader {
         blob: PeerBlob,
         range: Range<u64>,
     ) -> Result<BodyStream, BlobError> {
-        let cluster = self.parts.cluster.clone().expect("a peer location comes from a cluster");
+        let cluster = self
+            .parts
+            .cluster
+            .clone()
+            .expect("a peer location comes from a cluster");
         let full = range.start == 0 && range.end == size;
         if cluster.config().peer_copies {
             return if full {

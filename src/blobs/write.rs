@@ -129,7 +129,11 @@ impl Writer {
     /// write-back PUT asks only this node: it must never wait on the store,
     /// and the uploader skips blobs the store already has.
     async fn existing(&self, key: &BlobKey, write_through: bool) -> Result<Option<u64>, BlobError> {
-        let reach = if write_through { Reach::LocalAndStore } else { Reach::Local };
+        let reach = if write_through {
+            Reach::LocalAndStore
+        } else {
+            Reach::Local
+        };
         match self.lookup.find(key, reach).await {
             Ok(found) => Ok(Some(found.size)),
             Err(BlobError::NotFound) => Ok(None),

@@ -91,10 +91,7 @@ impl Members {
             .filter(|m| m.live && !m.is_self)
             .filter_map(|m| {
                 let id = m.id.clone()?;
-                (id != self.me && seen.insert(id.clone())).then(|| Peer {
-                    id,
-                    url: m.url.clone(),
-                })
+                (id != self.me && seen.insert(id.clone())).then(|| Peer { id, url: m.url.clone() })
             })
             .collect()
     }
@@ -129,7 +126,9 @@ impl Members {
     /// while it shuts down.
     pub fn answered(&self, url: &str, id: String, serving: bool) {
         let mut members = self.members.lock().expect("members lock");
-        let Some(m) = members.iter_mut().find(|m| m.url == url) else { return };
+        let Some(m) = members.iter_mut().find(|m| m.url == url) else {
+            return;
+        };
         m.is_self = id == self.me;
         if !m.live && serving && !m.is_self {
             tracing::info!(peer = %id, url, "peer is live");
@@ -147,7 +146,9 @@ impl Members {
     /// A probe or a request failed: the node is skipped until a probe answers.
     pub fn failed(&self, url: &str, error: &str) {
         let mut members = self.members.lock().expect("members lock");
-        let Some(m) = members.iter_mut().find(|m| m.url == url) else { return };
+        let Some(m) = members.iter_mut().find(|m| m.url == url) else {
+            return;
+        };
         if m.live {
             tracing::warn!(peer = ?m.id, url, %error, "peer failed; skipped until it answers a probe");
         }

@@ -98,7 +98,10 @@ pub struct TombstoneRecord {
 
 impl TombstoneRecord {
     pub fn new(md5: BlobKey, at: SystemTime) -> Self {
-        let at_us = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros();
+        let at_us = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
         TombstoneRecord {
             md5,
             at_us: at_us.try_into().unwrap_or(u64::MAX),
@@ -322,11 +325,18 @@ impl Cluster {
         let mut req = self.request(reqwest::Method::GET, &url, &format!("/blobs/{key}"), blob.hop);
         let full = range.start == 0 && range.end == blob.size;
         if !full {
-            req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", range.start, range.end - 1));
+            req = req.header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{}", range.start, range.end - 1),
+            );
         }
         let resp = self.send("get", &url, req, ANSWER_TIMEOUT).await?;
         let want = range.end - range.start;
-        let expected = if full { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
+        let expected = if full {
+            StatusCode::OK
+        } else {
+            StatusCode::PARTIAL_CONTENT
+        };
         if resp.status() != expected || resp.content_length() != Some(want) {
             return Err(self.error(
                 "get",
@@ -455,7 +465,9 @@ impl Cluster {
         let since = TombstoneRecord::new(BlobKey::EMPTY, since).at_us;
         let path = format!("/cluster/tombstones?since_us={since}");
         let req = self.request(reqwest::Method::GET, &peer.url, &path, Hop::Local);
-        let resp = self.send("tombstones", &peer.url, req, self.config.peer_timeout).await?;
+        let resp = self
+            .send("tombstones", &peer.url, req, self.config.peer_timeout)
+            .await?;
         if !resp.status().is_success() {
             return Err(self.error("tombstones", &peer.url, format!("answered {}", resp.status()), false));
         }

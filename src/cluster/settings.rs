@@ -88,9 +88,9 @@ impl ClusterSettings {
             None | Some("") => Peers::None,
             Some(dns) if dns.starts_with("dns://") => {
                 let rest = dns.trim_start_matches("dns://").trim_end_matches('/');
-                let (host, port) = rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| anyhow::anyhow!("--peers {dns:?}: give the port, e.g. dns://blobcache-headless:8080"))?;
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                    anyhow::anyhow!("--peers {dns:?}: give the port, e.g. dns://blobcache-headless:8080")
+                })?;
                 let port = port
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--peers {dns:?}: {port:?} is not a port"))?;
@@ -134,7 +134,10 @@ impl ClusterSettings {
             ("--peer-probe-interval", config.peer_probe_interval),
             ("--tombstone-sync", config.tombstone_sync),
         ] {
-            anyhow::ensure!(d >= Duration::from_millis(10), "{flag} must be at least 10ms, got {d:?}");
+            anyhow::ensure!(
+                d >= Duration::from_millis(10),
+                "{flag} must be at least 10ms, got {d:?}"
+            );
         }
         Ok(config)
     }

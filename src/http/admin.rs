@@ -68,7 +68,10 @@ pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> (Statu
         );
     }
     if Hop::of(&headers).is_some() {
-        return (StatusCode::OK, Json(json!({ "status": "serving", "node": node, "serving": true })));
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "serving", "node": node, "serving": true })),
+        );
     }
     match state.readiness.check(&*state.store).await {
         Ok(()) => (

@@ -297,7 +297,10 @@ async fn relay(resp: reqwest::Response) -> Response {
         Err(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "peer_error",
-            format!("the owner's answer broke off: {}; the upload may or may not be stored, retry it", crate::error_chain(&e)),
+            format!(
+                "the owner's answer broke off: {}; the upload may or may not be stored, retry it",
+                crate::error_chain(&e)
+            ),
         )
         .into_response(),
     }

@@ -61,8 +61,8 @@ pub async fn take_tombstones(State(state): State<AppState>, body: Body) -> Resul
     let body = axum::body::to_bytes(body, EVENT_BODY_LIMIT)
         .await
         .map_err(|_| bad_body("the body is not readable or larger than 1 MiB"))?;
-    let records: Vec<TombstoneRecord> = serde_json::from_slice(&body)
-        .map_err(|e| bad_body(format!("expected a JSON list of {{md5, at_us}}: {e}")))?;
+    let records: Vec<TombstoneRecord> =
+        serde_json::from_slice(&body).map_err(|e| bad_body(format!("expected a JSON list of {{md5, at_us}}: {e}")))?;
     let records: Vec<_> = records.iter().map(|r| (r.md5, r.at())).collect();
     state.blobs.learn_deletions(&records, false).await;
     Ok(StatusCode::NO_CONTENT)
@@ -95,8 +95,7 @@ pub async fn s3_events(State(state): State<AppState>, body: Body) -> Result<Json
     let body = axum::body::to_bytes(body, EVENT_BODY_LIMIT)
         .await
         .map_err(|_| bad_event("the body is not readable or larger than 1 MiB"))?;
-    let doc: Value =
-        serde_json::from_slice(&body).map_err(|e| bad_event(format!("the body is not JSON: {e}")))?;
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| bad_event(format!("the body is not JSON: {e}")))?;
     let events = parse_events(&doc)?;
     let (mut invalidated, mut ignored) = (Vec::new(), 0);
     for event in events {
@@ -134,7 +133,10 @@ fn parse_events(doc: &Value) -> Result<Vec<ObjectEvent>, ApiError> {
             "SubscriptionConfirmation" | "UnsubscribeConfirmation" => {
                 // Confirming means fetching a URL from the body; that stays an operator's step.
                 let url = doc.get("SubscribeURL").and_then(Value::as_str).unwrap_or("");
-                tracing::warn!(url, "an SNS subscription asks to be confirmed: open its SubscribeURL to confirm");
+                tracing::warn!(
+                    url,
+                    "an SNS subscription asks to be confirmed: open its SubscribeURL to confirm"
+                );
                 Ok(Vec::new())
             }
             other => Err(bad_event(format!("unknown SNS message type {other:?}"))),
@@ -142,7 +144,9 @@ fn parse_events(doc: &Value) -> Result<Vec<ObjectEvent>, ApiError> {
     }
     // EventBridge: one event, with the object in "detail".
     if let Some(detail_type) = doc.get("detail-type").and_then(Value::as_str) {
-        let detail = doc.get("detail").ok_or_else(|| bad_event("an EventBridge event without detail"))?;
+        let detail = doc
+            .get("detail")
+            .ok_or_else(|| bad_event("an EventBridge event without detail"))?;
         let field = |path: &[&str]| {
             path.iter()
                 .try_fold(detail, |v, p| v.get(*p))
@@ -161,10 +165,9 @@ fn parse_events(doc: &Value) -> Result<Vec<ObjectEvent>, ApiError> {
     if doc.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Vec::new());
     }
-    let records = doc
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad_event("not an S3 event notification: no Records list (nor an SNS or EventBridge envelope)"))?;
+    let records = doc.get("Records").and_then(Value::as_array).ok_or_else(|| {
+        bad_event("not an S3 event notification: no Records list (nor an SNS or EventBridge envelope)")
+    })?;
     records.iter().enumerate().map(|(i, r)| parse_record(i, r)).collect()
 }
 

@@ -121,7 +121,10 @@ impl Replicator {
             let due = {
                 let deletes = self.deletes.lock().expect("deletes lock");
                 let now = Instant::now();
-                let due = deletes.iter().find(|(_, d)| d.next_attempt <= now).map(|(k, d)| (*k, d.at));
+                let due = deletes
+                    .iter()
+                    .find(|(_, d)| d.next_attempt <= now)
+                    .map(|(k, d)| (*k, d.at));
                 let next = deletes.values().map(|d| d.next_attempt).min();
                 due.ok_or(next)
             };

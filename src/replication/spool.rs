@@ -233,7 +233,10 @@ impl Spool {
 
     /// Durably record a DELETE the store has yet to take. Blocking.
     pub fn record_delete(&self, key: &BlobKey, at: SystemTime) -> io::Result<()> {
-        let micros = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros();
+        let micros = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
         let tmp = self.tmp.join(format!("{:016x}.delete", rand::random::<u64>()));
         let result = (|| {
             std::fs::write(&tmp, micros.to_string())?;

@@ -190,7 +190,9 @@ impl Store for FsStore {
         let dir = self.tombstones.clone();
         let end = super::tombstone_start(before);
         tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(0);
+            };
             let mut removed = 0;
             for entry in entries {
                 let entry = entry?;

@@ -224,6 +224,9 @@ mod tests {
         assert!(name.as_str() > tombstone_start(written).as_str());
         assert!(name.as_str() < tombstone_start(written + Duration::from_micros(1)).as_str());
         assert_eq!(parse_tombstone_name("123-0123456789abcdef0123456789abcdef-1"), None);
-        assert_eq!(parse_tombstone_name("00001700000000123456-xyz-00001700000000123456"), None);
+        assert_eq!(
+            parse_tombstone_name("00001700000000123456-xyz-00001700000000123456"),
+            None
+        );
     }
 }

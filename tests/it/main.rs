@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod bad_input;
 mod client;
+mod cluster;
 mod faults;
 mod integrity;
 mod metrics;

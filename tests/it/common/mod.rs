@@ -1,6 +1,7 @@
 //! The shared test harness: a real blobcache in-process on 127.0.0.1:0 with
 //! temporary directories. Tests see the node only through its HTTP interface.
 
+pub mod cluster;
 pub mod process;
 pub mod s3_nodes;
 pub mod s3_server;
@@ -49,12 +50,17 @@ impl TestApp {
     }
 
     /// Start a node whose data directory is `dir` (reused across restarts).
-    pub async fn spawn_in(dir: TempDir, mut settings: Settings) -> TestApp {
+    pub async fn spawn_in(dir: TempDir, settings: Settings) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::spawn_on(listener, dir, settings).await
+    }
+
+    /// Start a node on `listener` (bound beforehand, so its peers know its address).
+    pub async fn spawn_on(listener: tokio::net::TcpListener, dir: TempDir, mut settings: Settings) -> TestApp {
         let data_dir = dir.path().to_path_buf();
         settings.data_dir = Some(data_dir.clone());
         settings.listen = Some("127.0.0.1:0".parse().unwrap());
         let config = Config::from_settings(settings).expect("test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let app = App::build(config).await.expect("build app");
         let stop = CancellationToken::new();
@@ -248,9 +254,16 @@ impl TestApp {
             .collect()
     }
 
-    /// Blobs in the store (ignoring its temp dir).
+    /// Blobs in the store (not its temporary files or tombstones).
     pub fn store_files(&self) -> Vec<PathBuf> {
         files_under(&self.store_dir())
+            .into_iter()
+            .filter(|p| {
+                !p.strip_prefix(self.store_dir())
+                    .unwrap()
+                    .starts_with(".blobcache-tombstones")
+            })
+            .collect()
     }
 }
 

@@ -17,16 +17,15 @@ pub fn start(data_dir: &std::path::Path) -> Server {
 
 /// `start`, with more flags and environment variables.
 pub fn start_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+    // `--listen` among `args` replaces the default (any port).
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_blobcache"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--disk-cache",
-            "256MiB",
-        ])
+        .args(["serve", "--log-format", "json", "--disk-cache", "256MiB"])
+        .args(listen)
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
