@@ -52,7 +52,10 @@ impl App {
         // Before the cache opens, so a node that will not start leaves it untouched.
         let cache_dir = data.join("cache");
         let had_cache = std::fs::read_dir(&cache_dir).is_ok_and(|mut d| d.next().is_some());
-        if let Err(e) = check_store_at_start(&*metered, &config.store.store, had_cache || !pending.is_empty()).await? {
+        // A node of a cluster always has something to serve: what its peers hold.
+        let clustered = config.cluster.peers != crate::cluster::Peers::None;
+        let has_data = had_cache || !pending.is_empty() || clustered;
+        if let Err(e) = check_store_at_start(&*metered, &config.store.store, has_data).await? {
             // Serving what this node has, with the store known to be failing from the start.
             breaker.trip(&e);
         }
@@ -245,8 +248,9 @@ async fn recover_store(store: Arc<Breaker>, stop: CancellationToken) {
 /// bucket that does not exist, is a configuration error: stop with one line
 /// that names it. A store that cannot be reached stops a node that has nothing
 /// to serve (on a first start that is most often a wrong endpoint); a node with
-/// a cache or pending uploads from an earlier run starts anyway, serves what it
-/// has and reports not ready on /readyz until the store answers.
+/// a cache or pending uploads from an earlier run, or a node of a cluster
+/// (its peers may hold what the store does not), starts anyway, serves what it
+/// can and reports not ready on /readyz until the store answers.
 /// Returns the error of a store that cannot be reached, when the node starts anyway.
 async fn check_store_at_start(
     store: &dyn Store,

@@ -513,3 +513,111 @@ async fn a_delete_while_the_store_is_down_is_queued_and_reaches_it_after_a_kill(
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_stay_readable_when_a_node_joins_during_the_write_back_window() {
+    let s3 = S3Server::start().await;
+    let (mut listeners, urls) = listeners(3).await;
+    // The third node is listed but not started: its blobs go to the others.
+    let late = listeners.pop().unwrap();
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let settings = node_settings(&s3, &urls, &urls[i]);
+        nodes.push(TestApp::spawn_on(listener, tempfile::tempdir().unwrap(), settings).await);
+    }
+    for node in &nodes {
+        node.sees_live_peers(1).await;
+    }
+    s3.stop().await;
+    let blobs: Vec<Vec<u8>> = (0..60).map(|i| data(1500, 300 + i)).collect();
+    for (i, blob) in blobs.iter().enumerate() {
+        assert_eq!(nodes[i % 2].put(blob).await.status(), 201);
+    }
+    // It joins: about a third of the blobs now have it as their owner, and it has none of them.
+    let settings = node_settings(&s3, &urls, &urls[2]);
+    nodes.push(TestApp::spawn_on(late, tempfile::tempdir().unwrap(), settings).await);
+    for node in &nodes {
+        node.sees_live_peers(2).await;
+    }
+    let mut owned_by_newcomer = 0;
+    for (i, blob) in blobs.iter().enumerate() {
+        let key = BlobKey::of(blob);
+        let view: serde_json::Value = nodes[0]
+            .client
+            .get(nodes[0].url(&format!("/cluster?md5={key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        owned_by_newcomer += (view["owner"] == urls[2]) as u32;
+        for (n, node) in nodes.iter().enumerate() {
+            let resp = node.get(&key).await;
+            assert_eq!(resp.status(), 200, "blob {i} on node {n}");
+            assert_eq!(resp.bytes().await.unwrap(), &blob[..]);
+        }
+    }
+    assert!(owned_by_newcomer > 5, "the newcomer owns some: {owned_by_newcomer}");
+    s3.restart().await;
+    for node in &nodes {
+        node.replicated().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_from_a_dns_name_find_each_other() {
+    // `localhost` names both loopback addresses: one node on each, on one port.
+    let v4 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = v4.local_addr().unwrap().port();
+    let Ok(v6) = tokio::net::TcpListener::bind(("::1", port)).await else {
+        eprintln!("SKIPPED: no IPv6 loopback, or port {port} taken on it");
+        return;
+    };
+    let resolved: Vec<_> = tokio::net::lookup_host(("localhost", port)).await.unwrap().collect();
+    if resolved.len() < 2 {
+        eprintln!("SKIPPED: localhost resolves to {resolved:?} only");
+        return;
+    }
+    let s3 = S3Server::start().await;
+    let dns = format!("dns://localhost:{port}");
+    let mut nodes = Vec::new();
+    for (listener, me) in [(v4, "http://node-a:1"), (v6, "http://node-b:1")] {
+        let mut settings = node_settings(&s3, &[], me);
+        settings.cluster.peers = Some(dns.clone());
+        nodes.push(TestApp::spawn_on(listener, tempfile::tempdir().unwrap(), settings).await);
+    }
+    for node in &nodes {
+        node.sees_live_peers(1).await;
+    }
+    let view: serde_json::Value = nodes[0]
+        .client
+        .get(nodes[0].url("/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let members = view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{view}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m["self"] == true && m["id"] == "http://node-a:1"),
+        "{view}"
+    );
+    assert!(
+        members
+            .iter()
+            .any(|m| m["live"] == true && m["id"] == "http://node-b:1"),
+        "{view}"
+    );
+    // And they work as one: a write on one is read on the other.
+    let blob = data(2000, 77);
+    assert_eq!(nodes[0].put(&blob).await.status(), 201);
+    assert_eq!(
+        nodes[1].get(&BlobKey::of(&blob)).await.bytes().await.unwrap(),
+        &blob[..]
+    );
+}
