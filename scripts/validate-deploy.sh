@@ -5,6 +5,8 @@
 #                      yamllint, and cross-checks with the files it mounts
 #                      (scripts/validate_deploy.py compose)
 #   nginx.conf         `nginx -t` with a loopback node list, as stack-test.sh runs it
+#   monitoring         the PromQL of the alerts and the Grafana dashboard parses
+#                      and names metrics the code exports (promql-parser)
 #   Helm chart         Helm 3 and Helm 4 lint, values schema, rendering for several
 #                      Kubernetes versions validated against their schemas
 #                      (kubernetes-validate), objects cross-checked
@@ -91,7 +93,7 @@ run "shellcheck scripts/validate-deploy.sh scripts/stack-test.sh" \
 # deliberate `fail` calls during lint at INFO on stderr: dropped, results stay.
 args=()
 [ -n "$BIN" ] && args=(--bin "$BIN")
-"$VENV/bin/python" scripts/validate_deploy.py "${args[@]}" versions compose chart 2> >(grep -v 'INFO funcMap fail' >&2) \
+"$VENV/bin/python" scripts/validate_deploy.py "${args[@]}" versions compose monitoring chart 2> >(grep -v 'INFO funcMap fail' >&2) \
   || failed=1
 
 if [ "$failed" -ne 0 ]; then

@@ -12,6 +12,9 @@ scripts/validate-deploy.sh with the Python of its tool venv.
             version's schemas (kubernetes-validate), the objects checked against
             each other, the rendered config file accepted by `blobcache
             check-config`, and values the chart must refuse refused
+  monitoring  every PromQL expression of the alerts and the Grafana dashboard
+            parses, names only metrics the code exports, and the chart's copy of
+            the alerts is the compose one
   versions  the Dockerfile, the chart and the compose file name Cargo.toml's version
 
 Usage: validate_deploy.py [--bin BLOBCACHE] SECTION...
@@ -172,6 +175,75 @@ def _seconds(text):
     return n / 1000 if unit == "ms" else n * 60 if unit == "m" else n
 
 
+# ---------------------------------------------------------------- monitoring
+
+ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+CHART_ALERTS = CHART / "files/alerts.yml"
+# Grafana's variables, replaced by something PromQL accepts before parsing.
+GRAFANA_VARS = [("$__rate_interval", "5m"), ("$__interval", "1m"), ("$__range", "1h"),
+                ("${instance}", ".*"), ("$instance", ".*")]
+
+
+def exported_metrics():
+    """Metric names the code registers (blobcache_*); foyer's come from the library."""
+    names = set()
+    for path in (ROOT / "src").rglob("*.rs"):
+        names.update(re.findall(r'"(blobcache_[a-z0-9_]+)"', path.read_text()))
+    return names
+
+
+def metric_names(expr):
+    import promql_parser
+
+    found = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            found.add(node.name)
+        for attr in ("expr", "lhs", "rhs", "vector_selector"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, (str, int, float)):
+                visit(child)
+        for child in getattr(node, "args", None) or []:
+            visit(child)
+
+    visit(promql_parser.parse(expr))
+    return found
+
+
+def monitoring():
+    import promql_parser
+
+    print("monitoring")
+    check(ALERTS.read_bytes() == CHART_ALERTS.read_bytes(),
+          f"{CHART_ALERTS.relative_to(ROOT)} is a copy of {ALERTS.relative_to(ROOT)}")
+    exprs = []
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            exprs.append((f"alert {rule['alert']}", rule["expr"]))
+    dash = json.loads((ROOT / "deploy/grafana/blobcache.json").read_text())
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "")
+            for var, value in GRAFANA_VARS:
+                expr = expr.replace(var, value)
+            exprs.append((f"dashboard panel {panel.get('title')!r}", expr))
+    known = exported_metrics()
+    for where, expr in exprs:
+        try:
+            names = metric_names(expr)
+        except ValueError as e:
+            fail(f"{where}: PromQL does not parse: {e}")
+            continue
+        unknown = sorted(
+            n for n in names
+            if n.startswith("blobcache_") and re.sub(r"_(bucket|sum|count)$", "", n) not in known and n not in known
+        )
+        check(not unknown, f"{where}: parses, metrics exported" + (f" (unknown: {unknown})" if unknown else ""))
+    check(len(exprs) > 10, f"{len(exprs)} expressions checked")
+    assert promql_parser  # imported above for its parse errors
+
+
 # ---------------------------------------------------------------- chart
 
 
@@ -289,6 +361,7 @@ def chart(binary):
                 "config": {"store": "s3://b"}, "terminationGracePeriodSeconds": 30},
             "config.listen (the chart's own)": {"config": {"store": "s3://b", "listen": "0.0.0.0:9000"}},
             "an access key without its secret": {"config": {"store": "s3://b"}, "s3": {"accessKeyId": "AKIA"}},
+            "alerts without the ServiceMonitor": {"config": {"store": "s3://b"}, "prometheusRule": {"enabled": True}},
         }
         for what, values in refusals.items():
             try:
@@ -323,6 +396,13 @@ def consistency(scenario, values, objs, binary, work):
         want = sm["spec"]["selector"]["matchLabels"]
         check(headless and all(headless["metadata"]["labels"].get(k) == v for k, v in want.items()),
               f"{label} the ServiceMonitor selects the headless Service")
+        check(headless and headless["metadata"]["labels"].get(sm["spec"].get("jobLabel")) == "blobcache",
+              f"{label} the ServiceMonitor names the job \"blobcache\", as the alerts expect")
+    rules = by_kind.get("PrometheusRule", [])
+    check(len(rules) == int(values["prometheusRule"]["enabled"]), f"{label} a PrometheusRule exactly when enabled")
+    for rule in rules:
+        want = yaml.safe_load(CHART_ALERTS.read_text())["groups"]
+        check(rule["spec"]["groups"] == want, f"{label} the PrometheusRule carries files/alerts.yml")
 
     c = pod["containers"][0]
     env = {e["name"]: e for e in c.get("env", [])}
@@ -373,12 +453,13 @@ def consistency(scenario, values, objs, binary, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", help="a blobcache binary for check-config (skipped without)")
-    ap.add_argument("sections", nargs="+", choices=["versions", "compose", "chart"])
+    ap.add_argument("sections", nargs="+", choices=["versions", "compose", "monitoring", "chart"])
     args = ap.parse_args()
     if not args.bin:
         print("  skip  `blobcache check-config` of the compose environment and the chart's config (no binary)")
     for section in args.sections:
-        {"versions": versions, "compose": lambda: compose(args.bin), "chart": lambda: chart(args.bin)}[section]()
+        {"versions": versions, "compose": lambda: compose(args.bin), "monitoring": monitoring,
+         "chart": lambda: chart(args.bin)}[section]()
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         return 1
