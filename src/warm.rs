@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::blobs::{BlobError, BlobService, Reach, Source};
+use crate::blobs::{BlobError, BlobService, Location, Reach};
 use crate::key::BlobKey;
 use crate::metrics;
 
@@ -368,8 +368,9 @@ async fn run_job(
     }
 }
 
-/// Warm one blob: nothing to do if this node holds it, else read it whole
-/// from the store through the fill, dropping the bytes as they come.
+/// Warm one blob where reads will look for it: nothing to do if this node (or,
+/// in a cluster, its owner) holds it; else read it whole through the fill,
+/// here or at the owner, dropping the bytes as they come.
 async fn warm_one(blobs: &BlobService, key: BlobKey) -> Outcome {
     let failed = |e: BlobError| {
         if is_not_found(&e) {
@@ -378,12 +379,14 @@ async fn warm_one(blobs: &BlobService, key: BlobKey) -> Outcome {
             Outcome::Failed(e)
         }
     };
-    let found = match blobs.open(&key, Reach::LocalAndStore).await {
+    let found = match blobs.open(&key, Reach::Everywhere).await {
         Ok(found) => found,
         Err(e) => return failed(e),
     };
-    if found.source() != Source::Store {
-        return Outcome::Held;
+    match &found.location {
+        Location::Store => {}
+        Location::Peer(peer) if !peer.held => {}
+        _ => return Outcome::Held,
     }
     let size = found.size;
     let mut body = match blobs.read(found, 0..size).await {

@@ -78,6 +78,8 @@ pub struct PeerBlob {
     pub size: u64,
     /// The peer holds it pending, not yet in the store.
     pub pending: bool,
+    /// The peer holds it (cache or spool), rather than reading it from the store.
+    pub held: bool,
 }
 
 /// A peer request that failed.
@@ -283,15 +285,13 @@ impl Cluster {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| self.error("lookup", &peer.url, "a HEAD answer without a size", false))?;
-                let pending = resp
-                    .headers()
-                    .get("x-blob-durability")
-                    .is_some_and(|v| v.as_bytes() == b"pending");
+                let header = |name: &str, value: &[u8]| resp.headers().get(name).is_some_and(|v| v.as_bytes() == value);
                 Ok(Some(PeerBlob {
                     peer: peer.clone(),
                     hop,
                     size,
-                    pending,
+                    pending: header("x-blob-durability", b"pending"),
+                    held: header("x-cache", b"hit"),
                 }))
             }
             StatusCode::NOT_FOUND => Ok(None),

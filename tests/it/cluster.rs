@@ -621,3 +621,96 @@ async fn members_from_a_dns_name_find_each_other() {
         &blob[..]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_up_job_posted_to_any_node_warms_each_blob_at_its_owner() {
+    let s3 = S3Server::start().await;
+    let nodes = cluster::start(&s3, 3, |_, _| {}).await;
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        keys.push(s3.put_object(&data(CHUNK + 100, 40 + i)).await);
+    }
+    let resp = nodes[0]
+        .client
+        .post(nodes[0].url("/warm"))
+        .json(&keys)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_url = nodes[0].url(&format!("/warm/{id}"));
+    eventually_async("the warm-up job to finish", || async {
+        let job: serde_json::Value = nodes[0]
+            .client
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        job["state"] == "finished"
+    })
+    .await;
+    let job: serde_json::Value = nodes[0]
+        .client
+        .get(&job_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["done"], 12, "{job}");
+    for key in &keys {
+        let view: serde_json::Value = nodes[0]
+            .client
+            .get(nodes[0].url(&format!("/cluster?md5={key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for node in &nodes {
+            let owner = view["owner"] == node.base.as_str();
+            assert_eq!(node.is_cached(key).await, owner, "{key}: cached at its owner only");
+        }
+        assert_eq!(s3.requests_for("GET", key).len(), 2, "one store read per chunk");
+    }
+    // Warming again costs nothing: every owner holds its blobs.
+    s3.clear_log();
+    let resp = nodes[1]
+        .client
+        .post(nodes[1].url("/warm"))
+        .json(&keys)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_url = nodes[1].url(&format!("/warm/{id}"));
+    eventually_async("the second job to finish", || async {
+        let job: serde_json::Value = nodes[1]
+            .client
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        job["state"] == "finished"
+    })
+    .await;
+    for key in &keys {
+        assert!(s3.requests_for("GET", key).is_empty());
+    }
+}
