@@ -47,13 +47,26 @@ pub async fn view(State(state): State<AppState>, Query(q): Query<ClusterQuery>) 
 
 #[derive(Debug, Deserialize)]
 pub struct SinceQuery {
-    since_us: Option<u64>,
+    since_us: Option<String>,
 }
 
 /// `GET /cluster/tombstones?since_us=`: the deletions this node recorded since then.
-pub async fn tombstones(State(state): State<AppState>, Query(q): Query<SinceQuery>) -> Json<Vec<TombstoneRecord>> {
-    let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(q.since_us.unwrap_or(0));
-    Json(state.blobs.deletions_since(since))
+pub async fn tombstones(
+    State(state): State<AppState>,
+    Query(q): Query<SinceQuery>,
+) -> Result<Json<Vec<TombstoneRecord>>, ApiError> {
+    let since_us = match q.since_us.as_deref() {
+        None => 0,
+        Some(raw) => raw.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("since_us={raw:?} is not a time in µs since the Unix epoch"),
+            )
+        })?,
+    };
+    let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(since_us);
+    Ok(Json(state.blobs.deletions_since(since)))
 }
 
 /// `POST /cluster/tombstones`: deletions a peer made; applied here.

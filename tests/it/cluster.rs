@@ -402,6 +402,27 @@ async fn cluster_shows_the_members_and_each_blobs_owner() {
         "invalid_key",
     )
     .await;
+    // The peer endpoints refuse what is not theirs, and change nothing.
+    let blob = data(3000, 99);
+    assert_eq!(nodes[0].put(&blob).await.status(), 201);
+    let post = nodes[0]
+        .client
+        .post(nodes[0].url("/cluster/tombstones"))
+        .body(r#"[{"md5": "nope", "at_us": 1}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(post, 400, "invalid_body").await;
+    let since = nodes[0]
+        .client
+        .get(nodes[0].url("/cluster/tombstones?since_us=soon"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(since, 400, "invalid_query").await;
+    for node in &nodes {
+        assert_eq!(node.get(&BlobKey::of(&blob)).await.status(), 200);
+    }
     let metrics = nodes[0]
         .client
         .get(nodes[0].url("/metrics"))
