@@ -375,15 +375,7 @@ async fn cluster_shows_the_members_and_each_blobs_owner() {
     let key = BlobKey::of(b"owned");
     let mut owners = Vec::new();
     for node in &nodes {
-        let view: serde_json::Value = node
-            .client
-            .get(node.url(&format!("/cluster?md5={key}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = node.get_json(&format!("/cluster?md5={key}")).await;
         assert_eq!(view["node"], node.base);
         assert_eq!(view["members"].as_array().unwrap().len(), 2);
         assert!(view["members"].as_array().unwrap().iter().all(|m| m["live"] == true));
@@ -563,15 +555,7 @@ async fn writes_stay_readable_when_a_node_joins_during_the_write_back_window() {
     let mut owned_by_newcomer = 0;
     for (i, blob) in blobs.iter().enumerate() {
         let key = BlobKey::of(blob);
-        let view: serde_json::Value = nodes[0]
-            .client
-            .get(nodes[0].url(&format!("/cluster?md5={key}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = nodes[0].get_json(&format!("/cluster?md5={key}")).await;
         owned_by_newcomer += (view["owner"] == urls[2]) as u32;
         for (n, node) in nodes.iter().enumerate() {
             let resp = node.get(&key).await;
@@ -611,15 +595,7 @@ async fn members_from_a_dns_name_find_each_other() {
     for node in &nodes {
         node.sees_live_peers(1).await;
     }
-    let view: serde_json::Value = nodes[0]
-        .client
-        .get(nodes[0].url("/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = nodes[0].get_json("/cluster").await;
     let members = view["members"].as_array().unwrap();
     assert_eq!(members.len(), 2, "{view}");
     assert!(
@@ -643,6 +619,19 @@ async fn members_from_a_dns_name_find_each_other() {
     );
 }
 
+/// Post a warm-up job of `keys` to `node` and wait for it to finish; its last status.
+async fn warm(node: &TestApp, keys: &[BlobKey]) -> serde_json::Value {
+    let resp = node.client.post(node.url("/warm")).json(keys).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let started = resp.json::<serde_json::Value>().await.unwrap();
+    let job_url = node.url(&format!("/warm/{}", started["id"].as_str().unwrap()));
+    eventually_async("the warm-up job to finish", || async {
+        node.get_json(&job_url).await["state"] == "finished"
+    })
+    .await;
+    node.get_json(&job_url).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_warm_up_job_posted_to_any_node_warms_each_blob_at_its_owner() {
     let s3 = S3Server::start().await;
@@ -651,86 +640,20 @@ async fn a_warm_up_job_posted_to_any_node_warms_each_blob_at_its_owner() {
     for i in 0..12 {
         keys.push(s3.put_object(&data(CHUNK + 100, 40 + i)).await);
     }
-    let resp = nodes[0]
-        .client
-        .post(nodes[0].url("/warm"))
-        .json(&keys)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job_url = nodes[0].url(&format!("/warm/{id}"));
-    eventually_async("the warm-up job to finish", || async {
-        let job: serde_json::Value = nodes[0]
-            .client
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        job["state"] == "finished"
-    })
-    .await;
-    let job: serde_json::Value = nodes[0]
-        .client
-        .get(&job_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = warm(&nodes[0], &keys).await;
     assert_eq!(job["done"], 12, "{job}");
     for key in &keys {
-        let view: serde_json::Value = nodes[0]
-            .client
-            .get(nodes[0].url(&format!("/cluster?md5={key}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = nodes[0].get_json(&format!("/cluster?md5={key}")).await;
         for node in &nodes {
             let owner = view["owner"] == node.base.as_str();
             assert_eq!(node.is_cached(key).await, owner, "{key}: cached at its owner only");
         }
         assert_eq!(s3.requests_for("GET", key).len(), 2, "one store read per chunk");
     }
-    // Warming again costs nothing: every owner holds its blobs.
+    // Warming again, from another node, costs nothing: every owner holds its blobs.
     s3.clear_log();
-    let resp = nodes[1]
-        .client
-        .post(nodes[1].url("/warm"))
-        .json(&keys)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job_url = nodes[1].url(&format!("/warm/{id}"));
-    eventually_async("the second job to finish", || async {
-        let job: serde_json::Value = nodes[1]
-            .client
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        job["state"] == "finished"
-    })
-    .await;
+    let job = warm(&nodes[1], &keys).await;
+    assert_eq!(job["done"], 12, "{job}");
     for key in &keys {
         assert!(s3.requests_for("GET", key).is_empty());
     }

@@ -179,6 +179,17 @@ impl TestApp {
         key
     }
 
+    /// GET `path` (or an absolute URL) and read its JSON answer, whatever the status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            self.url(path)
+        };
+        let resp = self.client.get(url).send().await.expect("GET");
+        resp.json().await.expect("a JSON answer")
+    }
+
     /// The node's /stats.
     pub async fn stats(&self) -> serde_json::Value {
         let resp = self.client.get(self.url("/stats")).send().await.expect("GET /stats");
