@@ -228,16 +228,8 @@ async fn when_a_node_is_killed_the_others_go_on() {
     for (i, blob) in before.iter().enumerate() {
         assert_eq!(nodes[i % 2].put(blob).await.status(), 201);
     }
-    let client = reqwest::Client::new();
     eventually_async("the third node to upload what it owns", || async {
-        let stats: serde_json::Value = client
-            .get(format!("{}/stats", child.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = child.stats().await;
         stats["replication"]["pending_blobs"] == 0
     })
     .await;
@@ -501,14 +493,7 @@ async fn a_delete_while_the_store_is_down_is_queued_and_reaches_it_after_a_kill(
     .await;
     let rewritten_key = BlobKey::of(&rewritten);
     eventually_async("the rewritten blob to be uploaded", || async {
-        let stats: serde_json::Value = client
-            .get(format!("{}/stats", node.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = node.stats().await;
         stats["replication"]["pending_blobs"] == 0 && stats["replication"]["queued_deletes"] == 0
     })
     .await;

@@ -60,6 +60,12 @@ pub fn start_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str
 }
 
 impl Server {
+    /// The node's /stats.
+    pub async fn stats(&self) -> serde_json::Value {
+        let resp = reqwest::get(format!("{}/stats", self.base)).await.expect("GET /stats");
+        resp.json().await.expect("JSON /stats")
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM)
