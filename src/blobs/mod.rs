@@ -21,6 +21,7 @@ pub mod catch_up;
 mod completions;
 mod error;
 mod fill;
+mod key_locks;
 mod lookup;
 mod read;
 mod settings;
@@ -76,6 +77,8 @@ struct Parts {
     tombstones: Arc<Tombstones>,
     cluster: Option<Arc<Cluster>>,
     completions: Completions,
+    /// A PUT's commit and a DELETE's removal of one blob never interleave.
+    key_locks: key_locks::KeyLocks,
     stats: BlobStats,
 }
 
@@ -132,6 +135,7 @@ impl BlobService {
             tombstones,
             cluster,
             completions: Completions::default(),
+            key_locks: Default::default(),
             stats: BlobStats::new(registry),
         });
         let lookup = lookup::Lookup::new(parts.clone());
@@ -254,6 +258,8 @@ impl BlobService {
     /// (`always_pending`: any pending copy, for a DELETE made here now).
     async fn forget(&self, key: &BlobKey, at: SystemTime, always_pending: bool) -> Result<(), BlobError> {
         let p = &self.parts;
+        // A PUT of the blob commits wholly before or wholly after this.
+        let _key = p.key_locks.lock(*key).await;
         // First stop any fill or warm of this blob, under way or begun before
         // this returns, from marking it complete again.
         let _deleting = p.completions.deleting(*key);

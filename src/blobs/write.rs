@@ -243,9 +243,11 @@ impl Writer {
             });
         }
 
+        // From the commit to the hand-over to replication, no DELETE of this
+        // blob runs: it comes wholly before (this PUT then stands) or after.
+        let _key = self.parts.key_locks.lock(key).await;
         let since = SystemTime::now();
-        // From here on, a DELETE of this blob revokes the cache warm below: a
-        // DELETE that lands while this PUT is made durable wins, as if it came after.
+        // From here on, a DELETE of this blob revokes the cache warm below.
         let token = self.parts.completions.begin(key);
         let abandon = |e: BlobError| {
             self.parts.completions.finish(&self.parts.cache, key, &token, None);

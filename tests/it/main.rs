@@ -11,6 +11,7 @@ mod faults;
 mod integrity;
 mod metrics;
 mod process;
+mod races;
 mod ranges;
 mod read_through;
 mod round_trip;
