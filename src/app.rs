@@ -113,8 +113,13 @@ impl App {
             tombstones_since = catch_up::catch_up(&blobs, &*store, cluster, config.tombstone_retention).await;
         }
         let warm = Arc::new(Warmer::new(blobs.clone(), &registry));
+        let auth = Arc::new(crate::auth::Auth::open(&config.auth)?);
+        if config.auth.tokens.is_some() {
+            tracing::info!(tokens = auth.len(), anonymous = ?config.auth.anonymous, "tokens loaded");
+        }
         let state = AppState {
             blobs,
+            auth,
             cache,
             replicator,
             store: breaker,
@@ -162,6 +167,7 @@ impl App {
             workers.spawn(replicator.clone().run_worker(stop_workers.clone()));
         }
         workers.spawn(replicator.clone().run_delete_worker(stop_workers.clone()));
+        workers.spawn(state.auth.clone().watch(stop_workers.clone()));
         if let Some(cluster) = state.blobs.cluster() {
             workers.spawn(cluster.clone().run(stop_workers.clone()));
             workers.spawn(catch_up::run(

@@ -1,6 +1,7 @@
 //! blobcache: a read-through HTTP blob cache, addressed by MD5, in front of object storage.
 //!
 //! - [`key`]: `BlobKey`, parsed at the boundary.
+//! - [`auth`]: tokens (stored as SHA-256 digests) and their scopes.
 //! - [`http`]: routes, handlers, error mapping, HTTP metrics.
 //! - [`blobs`]: `BlobService`: the lookup chain, reads and fills, ingest, DELETE.
 //! - [`cluster`]: membership, owners (rendezvous hashing), the peer client.
@@ -21,6 +22,7 @@
 //! `client` only at `key` (it speaks HTTP to a node).
 
 pub mod app;
+pub mod auth;
 pub mod blobs;
 pub mod cache;
 pub mod chunks;

@@ -15,10 +15,12 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    if let Command::Client(cmd) = cli.command {
+    let cli = match cli.command {
         // Client commands: no server tracing; their own error lines and exit codes.
-        return blobcache::client::main(cmd);
-    }
+        Command::Client(cmd) => return blobcache::client::main(cmd),
+        Command::Token(cmd) => return blobcache::auth::token_main(cmd),
+        _ => cli,
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,7 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("--listen {}", config.listen))?;
             blobcache::app::run(listener, config, shutdown_signal()).await
         }
-        Command::Client(_) => unreachable!("client commands return from main"),
+        Command::Client(_) | Command::Token(_) => unreachable!("client and token commands return from main"),
     }
 }
 

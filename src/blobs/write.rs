@@ -245,7 +245,7 @@ impl Writer {
 
         // From the commit to the hand-over to replication, no DELETE of this
         // blob runs: it comes wholly before (this PUT then stands) or after.
-        let _key = self.parts.key_locks.lock(key).await;
+        let key_lock = self.parts.key_locks.lock(key).await;
         let since = SystemTime::now();
         // From here on, a DELETE of this blob revokes the cache warm below.
         let token = self.parts.completions.begin(key);
@@ -267,8 +267,11 @@ impl Writer {
             .map_err(BlobError::io("drop a queued delete of the blob"))
             .map_err(abandon)?;
         if through {
-            match replicator.upload_now(key, size, since).await {
-                // A DELETE won the race after the commit: this PUT happened, then the DELETE.
+            replicator.claim_upload(key, size, since).await;
+            // The blob is handed over: a DELETE from here on comes after this PUT.
+            drop(key_lock);
+            match replicator.upload_claimed(key, size).await {
+                // A DELETE came after the commit: this PUT happened, then the DELETE.
                 Ok(()) | Err(UploadError::Gone) => {}
                 Err(e) => return Err(abandon(e.into())),
             }

@@ -237,10 +237,15 @@ impl Cluster {
     }
 
     fn request(&self, method: reqwest::Method, peer_url: &str, path: &str, hop: Hop) -> reqwest::RequestBuilder {
-        self.http
+        let req = self
+            .http
             .request(method, format!("{peer_url}{path}"))
             .header(HOP, hop.as_str())
-            .header(FROM, self.me())
+            .header(FROM, self.me());
+        match &self.config.peer_token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     fn error(&self, op: &str, url: &str, what: impl Into<String>, unreachable: bool) -> PeerError {

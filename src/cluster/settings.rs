@@ -21,6 +21,9 @@ pub struct ClusterSettings {
     /// Keep a copy of blobs read from their owner (hot blobs then live on several nodes; off: each blob is cached once in the cluster) [default: false]
     #[arg(long, env = "BLOBCACHE_PEER_COPIES", num_args = 0..=1, default_missing_value = "true")]
     pub peer_copies: Option<bool>,
+    /// The token this node sends its peers (one with the peer scope in their --tokens file) [required with --peers and --tokens]
+    #[arg(long, env = "BLOBCACHE_PEER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub peer_token: Option<String>,
     /// How often the store's tombstones are read, so a deletion this node missed reaches it [default: 10s]
     #[arg(long, env = "BLOBCACHE_TOMBSTONE_SYNC", value_parser = humantime::parse_duration)]
     pub tombstone_sync: Option<Duration>,
@@ -60,8 +63,14 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     pub peer_probe_interval: Duration,
     pub peer_copies: bool,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked")]
+    pub peer_token: Option<String>,
     #[serde(with = "humantime_serde")]
     pub tombstone_sync: Duration,
+}
+
+fn masked<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("***")
 }
 
 fn as_text<S: serde::Serializer>(peers: &Peers, s: S) -> Result<S::Ok, S::Error> {
@@ -127,6 +136,7 @@ impl ClusterSettings {
             peer_timeout: self.peer_timeout.unwrap_or(Duration::from_secs(2)),
             peer_probe_interval: self.peer_probe_interval.unwrap_or(Duration::from_secs(2)),
             peer_copies: self.peer_copies.unwrap_or(false),
+            peer_token: self.peer_token.filter(|t| !t.is_empty()),
             tombstone_sync: self.tombstone_sync.unwrap_or(Duration::from_secs(10)),
         };
         for (flag, d) in [

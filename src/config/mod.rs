@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::auth::{AuthConfig, AuthSettings};
 use crate::blobs::{BlobConfig, BlobSettings};
 use crate::cache::{CacheLimits, CacheSettings};
 use crate::cluster::{ClusterConfig, ClusterSettings};
@@ -40,6 +41,9 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Validate the configuration and print the effective values.
     CheckConfig(ConfigArgs),
+    /// Make tokens for a --tokens file.
+    #[command(subcommand)]
+    Token(crate::auth::TokenCommand),
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }
@@ -83,6 +87,8 @@ pub struct Settings {
     pub http: HttpSettings,
     #[command(flatten)]
     pub cluster: ClusterSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -116,6 +122,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(flatten)]
     pub cluster: ClusterConfig,
+    #[serde(flatten)]
+    pub auth: AuthConfig,
 }
 
 impl Cli {
@@ -132,7 +140,7 @@ impl Cli {
         let (name, file) = match &cli.command {
             Command::Serve(a) => ("serve", &a.config),
             Command::CheckConfig(a) => ("check-config", &a.config),
-            Command::Client(_) => return Ok(cli),
+            Command::Client(_) | Command::Token(_) => return Ok(cli),
         };
         let Some(path) = file.clone() else {
             return Ok(cli);
@@ -199,8 +207,10 @@ impl ConfigArgs {
 impl Config {
     pub fn from_settings(s: Settings) -> anyhow::Result<Config> {
         let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("./blobcache-data"));
+        let listen = s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let config = Config {
-            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen,
+            auth: s.auth.resolve(listen.ip().is_loopback())?,
             shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
             tombstone_retention: s.tombstone_retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
@@ -225,6 +235,12 @@ impl Config {
             "--s3-part-size {} would cut a blob of --max-blob-size {} into more than 10000 parts (S3's limit)",
             config.store.s3_part_size,
             max
+        );
+        anyhow::ensure!(
+            config.auth.tokens.is_none()
+                || config.cluster.peers == crate::cluster::Peers::None
+                || config.cluster.peer_token.is_some(),
+            "--peers with --tokens needs --peer-token: the token this node sends its peers (one with the peer scope in their tokens file)"
         );
         anyhow::ensure!(
             config.tombstone_retention >= Duration::from_secs(60),

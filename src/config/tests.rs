@@ -8,7 +8,7 @@ fn parse(args: &[&str]) -> anyhow::Result<ConfigArgs> {
     full.extend_from_slice(args);
     Cli::parse_with_file(full).map(|c| match c.command {
         Command::Serve(a) | Command::CheckConfig(a) => a,
-        Command::Client(_) => unreachable!("parsed `serve`"),
+        Command::Client(_) | Command::Token(_) => unreachable!("parsed `serve`"),
     })
 }
 

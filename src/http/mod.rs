@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, middleware, and the state handlers share.
 
 pub mod admin;
+mod auth;
 mod blobs;
 mod cluster;
 pub mod error;
@@ -35,6 +36,8 @@ pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings};
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub blobs: Arc<BlobService>,
+    /// Tokens and scopes: who may do what.
+    pub auth: Arc<crate::auth::Auth>,
     /// The modules /stats reports on, each through its own snapshot.
     pub cache: BlobCache,
     pub replicator: Arc<Replicator>,
@@ -125,6 +128,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // Inside the request log and ids, so refusals are logged and counted like any answer.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(middleware)
         // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -374,11 +374,10 @@ impl Replicator {
         self.idle.notify_waiters();
     }
 
-    /// Upload a blob just committed to the spool now, for a write-through PUT;
-    /// the answer waits for this. If it fails the blob is dropped (the PUT was
-    /// not acknowledged), unless a write-back PUT of the same blob meanwhile
-    /// acknowledged it: then it stays queued.
-    pub async fn upload_now(&self, key: BlobKey, size: u64, since: SystemTime) -> Result<(), UploadError> {
+    /// Claim a blob just committed to the spool for an upload now, for a
+    /// write-through PUT (waiting for an upload of it already under way).
+    /// Then [`Replicator::upload_claimed`] sends it.
+    pub async fn claim_upload(&self, key: BlobKey, size: u64, since: SystemTime) {
         loop {
             let finished = self.idle.notified();
             tokio::pin!(finished);
@@ -389,11 +388,11 @@ impl Replicator {
                     None => {
                         self.pending_bytes.fetch_add(size, Ordering::SeqCst);
                         state.insert(key, Pending::new(size, since, true, true));
-                        break;
+                        return;
                     }
                     Some(p) if !p.uploading => {
                         p.uploading = true;
-                        break;
+                        return;
                     }
                     // A worker is uploading the same blob: wait for it, then look again.
                     Some(_) => {}
@@ -401,6 +400,13 @@ impl Replicator {
             }
             finished.await;
         }
+    }
+
+    /// Upload a claimed blob now; the write-through PUT's answer waits for
+    /// this. If it fails the blob is dropped (the PUT was not acknowledged),
+    /// unless a write-back PUT of the same blob meanwhile acknowledged it:
+    /// then it stays queued.
+    pub async fn upload_claimed(&self, key: BlobKey, size: u64) -> Result<(), UploadError> {
         self.attempt_and_settle(key, size, false).await
     }
 
