@@ -38,7 +38,7 @@
 #   S3_SERVER_BIN=...   the S3 stand-in (default target/release/examples/s3_server)
 #   NODE_COUNTS="3 4"   cluster sizes        MEMORY_CACHE=32MiB  DISK_CACHE=0 (per node)
 #   BLOB_SIZE=65536     catalogue blob size  CATALOGUE=4000      catalogue size
-#   ZIPF_S=1.0  ZIPF_REQUESTS=30000  ZIPF_CONCURRENCY=8
+#   ZIPF_S=1.0  ZIPF_REQUESTS=24000  ZIPF_CONCURRENCY=8
 #   COLD_BLOBS=3  COLD_SIZE=16777216  COLD_CLIENTS=12  COLD_MEMORY_CACHE=256MiB
 #   RUNS=3  LAT_SECONDS=3
 #   SECTIONS="capacity zipf cold latency"   what runs
@@ -56,7 +56,7 @@ DISK_CACHE=${DISK_CACHE:-0}
 BLOB_SIZE=${BLOB_SIZE:-65536}
 CATALOGUE=${CATALOGUE:-4000}
 ZIPF_S=${ZIPF_S:-1.0}
-ZIPF_REQUESTS=${ZIPF_REQUESTS:-30000}
+ZIPF_REQUESTS=${ZIPF_REQUESTS:-24000}
 ZIPF_CONCURRENCY=${ZIPF_CONCURRENCY:-8}
 COLD_BLOBS=${COLD_BLOBS:-3}
 COLD_SIZE=${COLD_SIZE:-16777216}
@@ -136,6 +136,7 @@ record() { # record LABEL JSON: print the raw result, keep it for the summary
   [ -z "${RESULTS:-}" ] || echo "$1 $2" >>"$RESULTS"
 }
 joined() { local IFS=,; echo "$*"; }
+elapsed() { echo "   ($((SECONDS - T_START)) s so far)"; }
 
 # ------------------------------------------------------------------ processes
 
@@ -243,6 +244,7 @@ if [[ $SECTIONS == *capacity* ]]; then
       "bytes in memory: $(json 'j["resident"]' <<<"$count") blobs ($(json '" + ".join(map(str, j["resident_per_node"]))' <<<"$count"); memory entries $(json 'j["memory_entries"]' <<<"$count"));" \
       "sweep: $(json 'j["x_cache"]' <<<"$sweep"), $(json 'j["failed"]' <<<"$sweep") failed"
   done
+  elapsed
 fi
 
 # ------------------------------------------------------------------ 2. Zipf hit ratio
@@ -286,6 +288,7 @@ if [[ $SECTIONS == *zipf* ]]; then
       first=0
     fi
   done
+  elapsed
 fi
 
 # ------------------------------------------------------------------ 3 + 4 on one cluster
@@ -313,6 +316,7 @@ if [[ $SECTIONS == *cold* ]]; then
       "bytes read / size $(json '", ".join("%.2f" % (b["store_bytes_read"] / b["size"]) for b in j["blobs"])' <<<"$out");" \
       "failed $(json 'sum(b["failed"] for b in j["blobs"])' <<<"$out"); X-Cache $(json 'j["blobs"][0]["x_cache"]' <<<"$out")"
   done
+  elapsed
 fi
 
 if [[ $SECTIONS == *latency* ]]; then
