@@ -148,7 +148,7 @@ impl BlobService {
     }
 
     /// Find a blob for a GET or HEAD, as far as `reach` allows: cache, pending
-    /// spool, owner, store, other peers.
+    /// spool, owner, store, other peers. Counted as a hit, a miss or not found.
     pub async fn open(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
         let found = self.lookup.find(key, reach).await;
         let stats = &self.parts.stats;
@@ -163,6 +163,34 @@ impl BlobService {
             Err(_) => {}
         }
         found
+    }
+
+    /// This node's copy (cache or spool), not counted: a miss here is not yet a miss.
+    pub async fn find_here(&self, key: &BlobKey) -> Result<Option<Found>, BlobError> {
+        match self.lookup.find(key, Reach::Local).await {
+            Ok(found) => {
+                match found.source() {
+                    Source::Spool => self.parts.stats.spool_hits.inc(),
+                    _ => self.parts.stats.hits.inc(),
+                }
+                Ok(Some(found))
+            }
+            Err(BlobError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A GET the owner answered for this node: `Some(true)` found (a peer
+    /// hit), `Some(false)` not found, `None` an error. Returns the counter of
+    /// body bytes sent, for its body.
+    pub fn count_forwarded(&self, found: Option<bool>) -> prometheus::IntCounter {
+        let stats = &self.parts.stats;
+        match found {
+            Some(true) => stats.peer_hits.inc(),
+            Some(false) => stats.not_found.inc(),
+            None => {}
+        }
+        stats.bytes_out.clone()
     }
 
     /// Stream `range` of a found blob. An error before the first byte comes

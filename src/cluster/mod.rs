@@ -115,6 +115,27 @@ impl TombstoneRecord {
     }
 }
 
+/// The headers of an owner's answer that go on to the client.
+const RELAYED: [&str; 10] = [
+    "content-length",
+    "content-range",
+    "content-type",
+    "etag",
+    "accept-ranges",
+    "cache-control",
+    "x-blob-durability",
+    "x-cache",
+    "retry-after",
+    "www-authenticate",
+];
+
+/// An owner's answer to a forwarded GET, to pass on as it streams.
+pub struct Forwarded {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: BoxStream<'static, Result<Bytes, PeerError>>,
+}
+
 /// What became of a PUT sent on to the owner.
 pub enum ForwardedPut<S> {
     /// The owner answered (its status and body go to the client as they are).
@@ -354,10 +375,16 @@ impl Cluster {
                 false,
             ));
         }
+        Ok(self.body(resp, url, want))
+    }
+
+    /// A response body that must be `want` bytes long and may not stall
+    /// longer than `BODY_IDLE`; a short or stalled body ends with an error.
+    fn body(&self, resp: reqwest::Response, url: String, want: u64) -> BoxStream<'static, Result<Bytes, PeerError>> {
         let received = self.m.bytes_received.clone();
         let errors = self.m.errors.with_label_values(&["get"]);
         let body = resp.bytes_stream();
-        Ok(futures::stream::unfold(Some((body, 0u64)), move |state| {
+        futures::stream::unfold(Some((body, 0u64)), move |state| {
             let url = url.clone();
             let errors = errors.clone();
             let received = received.clone();
@@ -380,7 +407,34 @@ impl Cluster {
                 }
             }
         })
-        .boxed())
+        .boxed()
+    }
+
+    /// A client's GET, sent on to the blob's owner in one request (its
+    /// `Range` and validators kept). Any answer of the owner is final (it
+    /// looked everywhere); an error means it could not be reached.
+    pub async fn forward_get(&self, owner: &Peer, key: &BlobKey, headers: &HeaderMap) -> Result<Forwarded, PeerError> {
+        let mut req = self.request(reqwest::Method::GET, &owner.url, &format!("/blobs/{key}"), Hop::Owner);
+        for name in ["range", "if-range", "if-none-match", "x-request-id"] {
+            if let Some(v) = headers.get(name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        let resp = self.send("get", &owner.url, req, ANSWER_TIMEOUT).await?;
+        let status = resp.status();
+        let mut out = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if RELAYED.contains(&name.as_str()) {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+        let want = resp.content_length().unwrap_or(0);
+        let body = self.body(resp, owner.url.clone(), want);
+        Ok(Forwarded {
+            status,
+            headers: out,
+            body,
+        })
     }
 
     /// Send a PUT on to the owner, streaming `body` through as it arrives

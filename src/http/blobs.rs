@@ -97,7 +97,20 @@ pub async fn get_blob(
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    let opened = state.blobs.open(&key, reach(&req_headers)).await?;
+    let opened = match forward_to(&state, &key, &req_headers) {
+        Some((cluster, owner)) => match state.blobs.find_here(&key).await? {
+            Some(found) => found,
+            // One request to the owner, its answer streamed on as it comes.
+            None => match cluster.forward_get(&owner, &key, &req_headers).await {
+                Ok(answer) => return Ok(relay_get(&state, answer)),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "the owner could not be reached; reading on without it");
+                    state.blobs.open(&key, Reach::Everywhere).await?
+                }
+            },
+        },
+        None => state.blobs.open(&key, reach(&req_headers)).await?,
+    };
     let size = opened.size;
     let mut resp = Response::new(Body::empty());
     blob_headers(&state, resp.headers_mut(), &opened);
@@ -144,6 +157,42 @@ pub async fn get_blob(
     let stream = state.blobs.read(opened, range).await?;
     *resp.body_mut() = Body::from_stream(stream);
     Ok(resp)
+}
+
+/// The owner to send a client's GET to, when it is another node (and this
+/// node does not keep copies of what it reads from owners: then it looks the
+/// blob up first and reads it through its own cache).
+fn forward_to<'a>(
+    state: &'a AppState,
+    key: &BlobKey,
+    headers: &HeaderMap,
+) -> Option<(&'a std::sync::Arc<crate::cluster::Cluster>, crate::cluster::Peer)> {
+    let cluster = state.blobs.cluster()?;
+    if Hop::of(headers).is_some() || cluster.config().peer_copies {
+        return None;
+    }
+    Some((cluster, cluster.owner(key)?))
+}
+
+/// The owner's answer to a forwarded GET, as the client's.
+fn relay_get(state: &AppState, answer: crate::cluster::Forwarded) -> Response {
+    let crate::cluster::Forwarded { status, headers, body } = answer;
+    let found = status.is_success() || status == StatusCode::NOT_MODIFIED;
+    let bytes_out = state
+        .blobs
+        .count_forwarded((found || status == StatusCode::NOT_FOUND).then_some(found));
+    let body = body.inspect(move |part| {
+        if let Ok(bytes) = part {
+            bytes_out.inc_by(bytes.len() as u64);
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if found {
+        resp.headers_mut().insert(X_CACHE, HeaderValue::from_static("peer"));
+    }
+    resp
 }
 
 pub async fn head_blob(

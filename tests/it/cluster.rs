@@ -111,6 +111,19 @@ async fn a_cold_blob_read_through_every_node_at_once_is_read_from_the_store_once
         assert_eq!(resp.bytes().await.unwrap(), &blob[5..10]);
     }
     assert_eq!(s3.requests_for("GET", &key).len(), 4, "hits from then on");
+    // A forwarded GET is one request to the owner (no lookup first), validators kept.
+    let owner = nodes[0].get_json(&format!("/cluster?md5={key}")).await["owner"].clone();
+    let other = nodes.iter().find(|n| owner != n.base.as_str()).unwrap();
+    let (lookups, gets) = (
+        other.peer_stat("requests.lookup").await,
+        other.peer_stat("requests.get").await,
+    );
+    let resp = other.get_with(&key, &[("if-none-match", &format!("\"{key}\""))]).await;
+    assert_eq!(resp.status(), 304);
+    assert_eq!(resp.headers()["x-cache"], "peer");
+    assert_eq!(other.get(&key).await.bytes().await.unwrap(), &blob[..]);
+    assert_eq!(other.peer_stat("requests.lookup").await, lookups);
+    assert_eq!(other.peer_stat("requests.get").await, gets + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
