@@ -1,7 +1,8 @@
 //! blobcache: a read-through HTTP blob cache, addressed by MD5, in front of object storage.
 //!
 //! - [`key`]: `BlobKey`, parsed at the boundary.
-//! - [`http`]: routes, handlers, error mapping, HTTP metrics.
+//! - [`http`]: routes, handlers, error mapping, HTTP metrics; the connection layer ([`http::server`]:
+//!   limits, timeouts, heads checked before hyper parses them).
 //! - [`blobs`]: `BlobService`: the lookup chain, reads and fills, ingest, DELETE.
 //! - [`cache`]: the foyer hybrid cache of chunks (the only user of foyer).
 //! - [`chunks`]: chunk arithmetic and the per-chunk digest.

@@ -6,9 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::ApiError;
@@ -178,37 +175,6 @@ fn declared_len(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// How long an upload may go without a byte once the node is shutting down.
-const STALL_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// An upload body that, once the node begins to shut down, is cut if its
-/// client sends nothing for a second: it was never acknowledged, so nothing is
-/// lost, and waiting for it would hold the shutdown to the end of its grace.
-/// An upload that keeps sending runs on until the grace ends.
-fn cut_when_stalled_at_shutdown(
-    body: Body,
-    shutting_down: CancellationToken,
-) -> impl Stream<Item = Result<Bytes, axum::BoxError>> + Send {
-    futures::stream::unfold(Some((body.into_data_stream(), shutting_down)), |state| async move {
-        let (mut body, shutting_down) = state?;
-        let frame = if shutting_down.is_cancelled() {
-            tokio::time::timeout(STALL_AT_SHUTDOWN, body.next()).await
-        } else {
-            tokio::select! {
-                biased;
-                frame = body.next() => Ok(frame),
-                _ = shutting_down.cancelled() => tokio::time::timeout(STALL_AT_SHUTDOWN, body.next()).await,
-            }
-        };
-        match frame {
-            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((body, shutting_down)))),
-            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err("the upload stalled while the node shut down".into()), None)),
-        }
-    })
-}
-
 async fn store(
     state: &AppState,
     expected: Option<BlobKey>,
@@ -221,8 +187,8 @@ async fn store(
         declared_len: declared_len(headers),
         write_through: wants_store(headers)?,
     };
-    let body = cut_when_stalled_at_shutdown(body, state.shutting_down.clone());
-    let outcome = state.blobs.put(req, Box::pin(body)).await?;
+    // The connection layer ends a body that stalls (`--body-timeout`, or a second once shutting down).
+    let outcome = state.blobs.put(req, body.into_data_stream()).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {

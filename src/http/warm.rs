@@ -81,6 +81,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<BytesMut, ApiError
     let mut stream = body.into_data_stream();
     while let Some(part) = stream.next().await {
         let part = part.map_err(|e| {
+            if let Some(stalled) = super::error::stalled_body(&e, "no job was started") {
+                return stalled;
+            }
             tracing::info!(error = %crate::error_chain(&e), "warm-up list aborted by the client");
             ApiError::new(
                 StatusCode::BAD_REQUEST,
