@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam};
 use super::range::{self, RangeRequest};
 use crate::blobs::{BlobStatus, Found, PutRequest, Source};
 use crate::key::BlobKey;
@@ -76,7 +76,7 @@ fn pending(state: &AppState, opened: &Found) -> bool {
 
 pub async fn get_blob(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
@@ -129,7 +129,7 @@ pub async fn get_blob(
     Ok(resp)
 }
 
-pub async fn head_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn head_blob(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
     let opened = state.blobs.open(&key).await?;
     let mut resp = Response::new(Body::empty());
@@ -207,7 +207,7 @@ async fn store(
 
 pub async fn put_blob(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -219,13 +219,16 @@ pub async fn post_blob(State(state): State<AppState>, headers: HeaderMap, body: 
     store(&state, None, &headers, body).await
 }
 
-pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_blob(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<StatusCode, ApiError> {
     let key = parse_key(&raw)?;
     state.blobs.delete(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn blob_status(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<BlobStatus>, ApiError> {
+pub async fn blob_status(
+    State(state): State<AppState>,
+    PathParam(raw): PathParam,
+) -> Result<Json<BlobStatus>, ApiError> {
     let key = parse_key(&raw)?;
     Ok(Json(state.blobs.status(&key).await))
 }

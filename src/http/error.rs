@@ -1,6 +1,8 @@
 //! The one place that maps errors to HTTP statuses and JSON error bodies.
 
 use axum::Json;
+use axum::extract::{FromRequestParts, MatchedPath, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -86,6 +88,32 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(name, value);
         }
         resp
+    }
+}
+
+/// A route's one path parameter, percent-decoded; when the decoded bytes are
+/// not UTF-8 (no key or job id is), the parameter as sent, still
+/// percent-encoded, so the handler's own check refuses it with its JSON error
+/// instead of axum answering in plain text.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Ok(Path(value)) = Path::<String>::from_request_parts(parts, state).await {
+            return Ok(PathParam(value));
+        }
+        // The segment of the request path where the route has its parameter.
+        let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned());
+        let raw = route
+            .and_then(|route| {
+                let at = route.split('/').position(|s| s.starts_with('{'))?;
+                parts.uri.path().split('/').nth(at).map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Ok(PathParam(raw))
     }
 }
 
