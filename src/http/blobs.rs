@@ -94,9 +94,9 @@ pub async fn get_blob(
         Some(Err(_)) => RangeRequest::Malformed,
         _ => RangeRequest::Full,
     };
-    let range = match wanted {
+    let range = match &wanted {
         RangeRequest::Full => 0..size,
-        RangeRequest::Partial(r) => r,
+        RangeRequest::Partial(r) => r.clone(),
         RangeRequest::Unsatisfiable | RangeRequest::Malformed => {
             let malformed = wanted == RangeRequest::Malformed;
             let (code, message) = if malformed {
@@ -115,8 +115,9 @@ pub async fn get_blob(
             ));
         }
     };
-    let partial = range.end - range.start != size;
-    if partial {
+    // A range that covers the whole blob is still answered as a range (RFC 9110 §14.2 allows either;
+    // a client that asked for `bytes=0-` gets the Content-Range it can check).
+    if matches!(wanted, RangeRequest::Partial(_)) {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let cr = format!("bytes {}-{}/{}", range.start, range.end - 1, size);
         resp.headers_mut()
