@@ -7,6 +7,7 @@ mod admin;
 mod bad_input;
 mod client;
 mod faults;
+mod hostile;
 mod integrity;
 mod metrics;
 mod process;
