@@ -175,7 +175,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
         loop {
             if !self.buf.is_empty() && !H2_PREFACE.starts_with(&self.buf[..self.buf.len().min(H2_PREFACE.len())]) {
                 self.mode = Mode::Http1;
-                self.head_started = Some(Instant::now());
                 self.process();
                 return Poll::Ready(Protocol::Http1);
             }
@@ -231,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 Some((self.conn.accepted() + header, why))
             }
             Mode::Sniff | Mode::Http1 if collecting => {
-                let started = self.head_started.unwrap_or_else(Instant::now);
+                let started = self.head_started.unwrap_or_else(|| self.conn.idle_since());
                 Some((started.max(self.conn.idle_since()) + header, Expiry::Head))
             }
             Mode::Sniff | Mode::Http1 | Mode::Through if self.conn.has_begun() => {
@@ -261,12 +260,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 self.head_started = None;
                 return;
             }
+            // A head has begun: its time runs from its first byte (or from
+            // when the connection turned idle, for one sent ahead).
+            self.head_started.get_or_insert_with(Instant::now);
             let Some(skip) = head::skip_empty_lines(rest) else {
                 return;
             };
             let end = head::find_end(&rest[skip..], self.scanned).map(|e| e + skip);
             let Some(end) = end else {
-                if let Some(refusal) = head::refuse_unfinished(&rest[skip..], &self.limits.head) {
+                // Empty lines before a head count towards its size: a flood of them is no head at all.
+                if let Some(refusal) = head::refuse_unfinished(rest, &self.limits.head) {
                     self.refuse(refusal);
                 } else {
                     self.scanned = rest.len() - skip;
@@ -416,12 +419,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<S> {
                             this.buf.truncate(this.ready);
                             this.mode = Mode::Refused;
                         }
-                        Ok(_) => {
-                            if this.head_started.is_none() {
-                                this.head_started = Some(Instant::now());
-                            }
-                            this.process();
-                        }
+                        Ok(_) => this.process(),
                     }
                 }
             }

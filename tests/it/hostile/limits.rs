@@ -43,6 +43,11 @@ async fn header_floods_are_refused() {
     }
     let long = format!("GET /blobs/{} HTTP/1.1\r\nHost: blobcache\r\n\r\n", "a".repeat(10_000));
     refused(&app, long.as_bytes()).await.assert_error(414, "uri_too_long");
+    // Empty lines before a head are skipped, but a flood of them is no head.
+    let empty_lines = "\r\n".repeat(10_000);
+    refused(&app, empty_lines.as_bytes())
+        .await
+        .assert_error(431, "headers_too_large");
     assert!(metric(&app, "blobcache_http_refused_total{error=\"too_many_headers\"}").await >= 2.0);
     nothing_stored(&app, &key).await;
     serves_others(&app).await;

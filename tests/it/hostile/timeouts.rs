@@ -39,6 +39,51 @@ async fn trickled_headers_get_408_and_the_connection_closes() {
     serves_others(&app).await;
 }
 
+/// A head's time runs from its first byte, or from when the connection
+/// turned idle for one sent ahead of time: a slowloris head pipelined after a
+/// good request is cut too, and a head begun long after the last request is
+/// not cut early.
+#[tokio::test]
+async fn heads_are_timed_from_their_first_byte() {
+    let mut settings = short_limits();
+    settings.http.idle_timeout = Some(Duration::from_secs(10));
+    let app = TestApp::spawn_with(settings).await;
+
+    // Half a head sent with a whole request, then nothing, or a trickle.
+    for trickle in [false, true] {
+        let mut raw = Raw::connect(&app).await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nHost: blobcache\r\n\r\nGET /healthz HTTP/1.1\r\nX-Padding: ")
+            .await;
+        let trickling = async {
+            for _ in 0..250 {
+                if !trickle || raw.sock.write_all(b"a").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, trickling)
+            .await
+            .expect("bounded trickle");
+        assert_eq!(raw.answer(false).await.status, 200);
+        raw.answer(false).await.assert_error(408, "request_timeout");
+        raw.closed().await;
+    }
+
+    let body = data(10_000, 3);
+    let mut raw = Raw::connect(&app).await;
+    let mut put = super::put_head(&body, "");
+    put.extend_from_slice(&body);
+    raw.send(&put).await;
+    assert_eq!(raw.answer(false).await.status, 201);
+    // Twice the header-read timeout of idle: a gap in time to test, not a wait for a condition.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    raw.send(b"GET /healthz HTTP/1.1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send(b"Host: blobcache\r\n\r\n").await;
+    assert_eq!(raw.answer(false).await.status, 200);
+}
+
 /// A connection that opens and says nothing is closed at the header-read
 /// timeout, without an answer (it asked nothing).
 #[tokio::test]
