@@ -32,7 +32,7 @@ pub struct HttpSettings {
     /// Longest a response may wait for a client that does not read it [default: 60s]
     #[arg(long, env = "BLOBCACHE_SEND_TIMEOUT", value_parser = humantime::parse_duration)]
     pub send_timeout: Option<Duration>,
-    /// Most client connections at once; also held to half the open-file limit [default: 4096]
+    /// Most client connections at once; also held to (open-file limit - 64) / 2 [default: 4096]
     #[arg(long, env = "BLOBCACHE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Largest request head (request line and headers) [default: 16KiB]

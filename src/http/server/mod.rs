@@ -224,9 +224,10 @@ impl Backoff {
     }
 }
 
-/// `--max-connections`, held to half the open-file limit: the other half is
-/// for the cache's files, the spool's, the store's connections, and a file or
-/// two for each request in flight. The soft limit is first raised to the hard one.
+/// `--max-connections`, held to (open-file limit - 64) / 2: the other
+/// descriptors are for the cache's files, the spool's, the store's
+/// connections, and a file or two for each request in flight. The soft limit
+/// is first raised to the hard one.
 fn connection_cap(configured: usize) -> usize {
     let Some(files) = raise_open_file_limit() else {
         return configured;
@@ -237,7 +238,7 @@ fn connection_cap(configured: usize) -> usize {
             max_connections = configured,
             open_file_limit = files,
             using = budget,
-            "--max-connections is above what the open-file limit allows (half of it, less 64)"
+            "--max-connections is above what the open-file limit allows: (limit - 64) / 2"
         );
     }
     configured.min(budget)
