@@ -449,9 +449,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.after_write(cx, r)
+        // Not progress: only bytes written are (hyper flushes only once its buffer is written).
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     /// hyper is done, having flushed what it had to send: write the answer to

@@ -88,6 +88,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // hyper's to find), so such a connection serves no further request.
         let close = h1 && (self.conn.overflow || req.headers().contains_key(header::TRANSFER_ENCODING));
         let shed = self.conn.overflow && !matches!(req.uri().path(), "/healthz" | "/readyz");
+        if self.conn.overflow {
+            // One request per overflow connection, HTTP/2 included: it closes once this one is answered.
+            self.conn.close.cancel();
+        }
         let shared = self.shared.clone();
         Box::pin(async move {
             let mut resp = if shed {

@@ -121,6 +121,25 @@ async fn at_the_cap_with_every_connection_busy_probes_are_answered_and_the_rest_
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         raw.closed().await;
     }
+    // Over HTTP/2 as well: the probe is answered, then the connection ends.
+    {
+        use http_body_util::Empty;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let tcp = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(app.url("/healthz"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+        let _ = tokio::time::timeout(PATIENCE, conn)
+            .await
+            .expect("an overflow HTTP/2 connection ends after its request");
+    }
     let key = BlobKey::of(b"shed");
     let mut raw = Raw::connect(&app).await;
     raw.send(format!("PUT /blobs/{key} HTTP/1.1\r\nHost: blobcache\r\nContent-Length: 4\r\n\r\nshed").as_bytes())
