@@ -186,28 +186,22 @@ impl App {
         let shutting_down = state.shutting_down.clone();
         let grace = config.shutdown_grace;
         tracing::info!(addr = %listener.local_addr()?, store = %config.store.store, write_mode = ?config.blobs.write_mode, "blobcache listening");
+        let registry = state.registry.clone();
         let app = http::router(state);
         let signal = shutting_down.clone();
         tokio::spawn(async move {
             shutdown.await;
             signal.cancel();
         });
-        // Bodies stream in many writes: no Nagle delay between them (and none on the first bytes).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutting_down.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let server = http::server::serve(listener, app, &config.http.limits, &registry, shutting_down.clone());
+        let server = tokio::spawn(server);
         shutting_down.cancelled().await;
         // Warm-up jobs are background work: they stop at once, not after the requests.
         warm.stop().await;
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!("shutting down: draining requests");
         match tokio::time::timeout_at(deadline, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("requests still running at the end of the grace period; closing them"),
         }

@@ -2,7 +2,8 @@
 //!
 //! - [`key`]: `BlobKey`, parsed at the boundary.
 //! - [`auth`]: tokens (stored as SHA-256 digests) and their scopes.
-//! - [`http`]: routes, handlers, error mapping, HTTP metrics.
+//! - [`http`]: routes, handlers, error mapping, HTTP metrics; the connection layer ([`http::server`]:
+//!   limits, timeouts, heads checked before hyper parses them).
 //! - [`blobs`]: `BlobService`: the lookup chain, reads and fills, ingest, DELETE.
 //! - [`cluster`]: membership, owners (rendezvous hashing), the peer client.
 //! - [`cache`]: the foyer hybrid cache of chunks (the only user of foyer).

@@ -2,16 +2,14 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
+use futures::StreamExt;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam};
 use super::range::{self, RangeRequest};
 use crate::blobs::{BlobStatus, Deleted, Found, Location, PutRequest, Reach, Source};
 use crate::cluster::{ForwardedPut, Hop};
@@ -93,7 +91,7 @@ fn reach(headers: &HeaderMap) -> Reach {
 
 pub async fn get_blob(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
@@ -124,9 +122,9 @@ pub async fn get_blob(
         Some(Err(_)) => RangeRequest::Malformed,
         _ => RangeRequest::Full,
     };
-    let range = match wanted {
+    let range = match &wanted {
         RangeRequest::Full => 0..size,
-        RangeRequest::Partial(r) => r,
+        RangeRequest::Partial(r) => r.clone(),
         RangeRequest::Unsatisfiable | RangeRequest::Malformed => {
             let malformed = wanted == RangeRequest::Malformed;
             let (code, message) = if malformed {
@@ -145,8 +143,9 @@ pub async fn get_blob(
             ));
         }
     };
-    let partial = range.end - range.start != size;
-    if partial {
+    // A range that covers the whole blob is still answered as a range (RFC 9110 §14.2 allows either;
+    // a client that asked for `bytes=0-` gets the Content-Range it can check).
+    if matches!(wanted, RangeRequest::Partial(_)) {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let cr = format!("bytes {}-{}/{}", range.start, range.end - 1, size);
         resp.headers_mut()
@@ -197,7 +196,7 @@ fn relay_get(state: &AppState, answer: crate::cluster::Forwarded) -> Response {
 
 pub async fn head_blob(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
@@ -245,37 +244,6 @@ fn declared_len(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// How long an upload may go without a byte once the node is shutting down.
-const STALL_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// An upload body that, once the node begins to shut down, is cut if its
-/// client sends nothing for a second: it was never acknowledged, so nothing is
-/// lost, and waiting for it would hold the shutdown to the end of its grace.
-/// An upload that keeps sending runs on until the grace ends.
-fn cut_when_stalled_at_shutdown(
-    body: Body,
-    shutting_down: CancellationToken,
-) -> impl Stream<Item = Result<Bytes, axum::BoxError>> + Send {
-    futures::stream::unfold(Some((body.into_data_stream(), shutting_down)), |state| async move {
-        let (mut body, shutting_down) = state?;
-        let frame = if shutting_down.is_cancelled() {
-            tokio::time::timeout(STALL_AT_SHUTDOWN, body.next()).await
-        } else {
-            tokio::select! {
-                biased;
-                frame = body.next() => Ok(frame),
-                _ = shutting_down.cancelled() => tokio::time::timeout(STALL_AT_SHUTDOWN, body.next()).await,
-            }
-        };
-        match frame {
-            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((body, shutting_down)))),
-            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err("the upload stalled while the node shut down".into()), None)),
-        }
-    })
-}
-
 async fn store(
     state: &AppState,
     expected: Option<BlobKey>,
@@ -288,7 +256,8 @@ async fn store(
         declared_len: declared_len(headers),
         write_through: wants_store(headers)?,
     };
-    let mut body = Box::pin(cut_when_stalled_at_shutdown(body, state.shutting_down.clone()));
+    // The connection layer ends a body that stalls (`--body-timeout`, or a second once shutting down).
+    let mut body = Box::pin(body.into_data_stream().map(|r| r.map_err(axum::BoxError::from)));
     // A PUT goes to the blob's owner, where reads will look; one a peer sent is never sent on.
     if let (Some(key), Some(cluster), None) = (expected, state.blobs.cluster(), Hop::of(headers))
         && let Some(owner) = cluster.owner(&key)
@@ -357,7 +326,7 @@ async fn relay(resp: reqwest::Response) -> Response {
 
 pub async fn put_blob(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -372,7 +341,7 @@ pub async fn post_blob(State(state): State<AppState>, headers: HeaderMap, body: 
 /// 204 once the blob is gone everywhere; 202 when the store could not take
 /// the delete now: it is gone from the cluster's caches and spools, and
 /// queued on disk for the store.
-pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete_blob(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
     Ok(match state.blobs.delete(&key).await? {
         Deleted::Done => StatusCode::NO_CONTENT.into_response(),
@@ -388,7 +357,10 @@ pub async fn delete_blob(State(state): State<AppState>, Path(raw): Path<String>)
     })
 }
 
-pub async fn blob_status(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<BlobStatus>, ApiError> {
+pub async fn blob_status(
+    State(state): State<AppState>,
+    PathParam(raw): PathParam,
+) -> Result<Json<BlobStatus>, ApiError> {
     let key = parse_key(&raw)?;
     Ok(Json(state.blobs.status(&key).await))
 }

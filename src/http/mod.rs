@@ -7,6 +7,7 @@ mod cluster;
 pub mod error;
 mod metrics;
 pub mod range;
+pub mod server;
 mod settings;
 mod warm;
 
@@ -30,7 +31,7 @@ use crate::replication::Replicator;
 use crate::store::{Breaker, Metered};
 use error::ApiError;
 pub use metrics::HttpMetrics;
-pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings};
+pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings, Limits};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures::StreamExt;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, PathParam};
 use crate::key::BlobKey;
 use crate::warm::{KEEP_JOBS, WarmError};
 
@@ -33,7 +33,7 @@ pub async fn start(State(state): State<AppState>, headers: HeaderMap, body: Body
 }
 
 /// `GET /warm/{id}`.
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(State(state): State<AppState>, PathParam(id): PathParam) -> Result<Response, ApiError> {
     let Some(job) = state.warm.status(&id) else {
         let shown: String = id.chars().take(40).collect();
         return Err(ApiError::new(
@@ -81,6 +81,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<BytesMut, ApiError
     let mut stream = body.into_data_stream();
     while let Some(part) = stream.next().await {
         let part = part.map_err(|e| {
+            if let Some(stalled) = super::error::stalled_body(&e, "no job was started") {
+                return stalled;
+            }
             tracing::info!(error = %crate::error_chain(&e), "warm-up list aborted by the client");
             ApiError::new(
                 StatusCode::BAD_REQUEST,

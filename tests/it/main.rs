@@ -9,6 +9,7 @@ mod bad_input;
 mod client;
 mod cluster;
 mod faults;
+mod hostile;
 mod integrity;
 mod metrics;
 mod process;

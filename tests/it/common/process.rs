@@ -17,14 +17,38 @@ pub fn start(data_dir: &std::path::Path) -> Server {
 
 /// `start`, with more flags and environment variables.
 pub fn start_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+    launch(command(data_dir, args, envs))
+}
+
+/// `start_with`, the server limited to `files` open files (as by `ulimit -n`).
+pub fn start_with_file_limit(data_dir: &std::path::Path, args: &[&str], files: u64) -> Server {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = command(data_dir, args, &[]);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    launch(cmd)
+}
+
+fn command(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blobcache"));
     // `--listen` among `args` replaces the default (any port).
     let listen: &[&str] = if args.contains(&"--listen") {
         &[]
     } else {
         &["--listen", "127.0.0.1:0"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobcache"))
-        .args(["serve", "--log-format", "json", "--disk-cache", "256MiB"])
+    cmd.args(["serve", "--log-format", "json", "--disk-cache", "256MiB"])
         .args(listen)
         .arg("--data-dir")
         .arg(data_dir)
@@ -32,9 +56,13 @@ pub fn start_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str
         .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the binary");
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Start the command and learn the server's port from its JSON log.
+fn launch(mut cmd: Command) -> Server {
+    let mut child = cmd.spawn().expect("start the binary");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the server exited before listening").unwrap();
@@ -64,6 +92,16 @@ impl Server {
     pub async fn stats(&self) -> serde_json::Value {
         let resp = reqwest::get(format!("{}/stats", self.base)).await.expect("GET /stats");
         resp.json().await.expect("JSON /stats")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGTERM, then wait (bounded) for the exit status.

@@ -1,0 +1,241 @@
+//! One connection's requests on their way to the router: the request body
+//! watched for stalls, the response tracked until hyper is done with it (so
+//! the connection knows when it is idle), and, past the connection cap, every
+//! request but the probes shed with a 503.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response, Version, header};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower::ServiceExt;
+
+use super::ServerMetrics;
+use super::registry::ConnState;
+use crate::http::error::ApiError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an upload may go without a byte once the node is shutting down:
+/// it was never acknowledged, so nothing is lost by cutting it, and waiting
+/// for it would hold the shutdown to the end of its grace.
+const STALL_AT_SHUTDOWN: Duration = Duration::from_secs(1);
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// A request body that stopped arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", if *.shutting_down {
+    format!("the upload stalled while the node shut down (no byte for {})", humantime::format_duration(*.waited))
+} else {
+    format!("no byte of the request body arrived for {}", humantime::format_duration(*.waited))
+})]
+pub struct BodyTimeout {
+    pub waited: Duration,
+    pub shutting_down: bool,
+}
+
+/// What every request of a connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub router: Router,
+    pub body_timeout: Duration,
+    pub shutting_down: CancellationToken,
+    pub metrics: Arc<ServerMetrics>,
+}
+
+/// The hyper service of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnService {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnState>,
+}
+
+/// Marks its request ended when dropped: with the response body, once hyper
+/// sent it (or gave up on it).
+#[derive(Debug)]
+struct Ended(Arc<ConnState>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if self.conn.is_h2() {
+            // HTTP/1 heads were counted by the gate as they came in.
+            self.conn.begin();
+        }
+        let ended = Ended(self.conn.clone());
+        let h1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+        // The gate stops checking heads after a chunked body (their end is
+        // hyper's to find), so such a connection serves no further request.
+        let close = h1 && (self.conn.overflow || req.headers().contains_key(header::TRANSFER_ENCODING));
+        let shed = self.conn.overflow && !matches!(req.uri().path(), "/healthz" | "/readyz");
+        if self.conn.overflow {
+            // One request per overflow connection, HTTP/2 included: it closes once this one is answered.
+            self.conn.close.cancel();
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut resp = if shed {
+                let mut resp = ApiError::overloaded().into_response();
+                let id = request_id(req.headers());
+                resp.headers_mut().insert(REQUEST_ID, id);
+                resp
+            } else {
+                let req = req.map(|body| Body::new(Watched::new(body, &shared)));
+                let Ok(resp) = shared.router.clone().oneshot(req).await;
+                resp
+            };
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp.map(|inner| Tracked { inner, _ended: ended }))
+        })
+    }
+}
+
+/// The client's `X-Request-Id` when it sent a usable one, else a new one
+/// (what the router's own layers do, for answers made outside it).
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128) {
+        return v.clone();
+    }
+    let b: [u8; 16] = rand::random();
+    let hex = hex::encode(b);
+    let id = format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        (b[8] & 0x3) | 0x8,
+        &hex[17..20],
+        &hex[20..32]
+    );
+    HeaderValue::from_str(&id).expect("hex and dashes")
+}
+
+/// A response body, with the mark that its request ended.
+#[derive(Debug)]
+pub struct Tracked {
+    inner: Body,
+    _ended: Ended,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that fails with `BodyTimeout` when no bytes come for
+/// `--body-timeout` while it is waited on, or for a second once the node is
+/// shutting down. Its timers exist only once a read has to wait.
+struct Watched {
+    inner: Incoming,
+    limit: Duration,
+    shutting_down: CancellationToken,
+    at_shutdown: bool,
+    cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl Watched {
+    fn new(inner: Incoming, shared: &Shared) -> Self {
+        Watched {
+            inner,
+            limit: shared.body_timeout,
+            shutting_down: shared.shutting_down.clone(),
+            at_shutdown: false,
+            cancelled: None,
+            sleep: None,
+            armed: false,
+            metrics: shared.metrics.clone(),
+        }
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if !this.at_shutdown {
+            let token = &this.shutting_down;
+            let cancelled = this
+                .cancelled
+                .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+            if cancelled.as_mut().poll(cx).is_ready() {
+                this.at_shutdown = true;
+                this.armed = false;
+            }
+        }
+        let waited = if this.at_shutdown {
+            this.limit.min(STALL_AT_SHUTDOWN)
+        } else {
+            this.limit
+        };
+        let deadline = Instant::now() + waited;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !this.armed {
+            sleep.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.armed = false;
+            this.metrics.closed.with_label_values(&["body_timeout"]).inc();
+            let error = BodyTimeout {
+                waited,
+                shutting_down: this.at_shutdown,
+            };
+            return Poll::Ready(Some(Err(Box::new(error))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
