@@ -79,20 +79,32 @@ enum Closing {
     Done,
 }
 
-/// A one-shot deadline, re-armed only when it moves.
+/// A deadline's wake-up. An earlier wake-up already armed is kept (it comes,
+/// the deadline is looked at again, and the timer re-armed), so a deadline
+/// that moves later with every request costs no timer update.
 #[derive(Debug, Default)]
 struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Timer {
+    /// Whether `at` has passed; if not, a wake-up comes by then.
     fn expired(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
-        match &mut self.sleep {
-            Some(s) if s.deadline() == at => {}
-            Some(s) => s.as_mut().reset(at),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        let now = Instant::now();
+        if now >= at {
+            return true;
         }
-        self.sleep.as_mut().expect("set above").as_mut().poll(cx).is_ready()
+        self.wake_by(cx, at, now);
+        false
+    }
+
+    fn wake_by(&mut self, cx: &mut Context<'_>, at: Instant, now: Instant) {
+        match &mut self.sleep {
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            Some(s) if s.deadline() <= now || s.deadline() > at => s.as_mut().reset(at),
+            Some(_) => {}
+        }
+        let _ = self.sleep.as_mut().expect("set above").as_mut().poll(cx);
     }
 }
 
@@ -184,20 +196,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 self.conn.set_h2();
                 return Poll::Ready(Protocol::Http2);
             }
+            // Checked (and its timer armed) before reading: from here on the
+            // connection always has a wake-up armed, at or before its deadline.
             let deadline = self.conn.accepted() + self.header_read_timeout();
-            match self.read_more(cx, HEAD_READ) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Protocol::Closed),
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Pending if self.read_timer.expired(cx, deadline) => {
-                    if self.buf.is_empty() {
-                        self.metrics.closed.with_label_values(&["header_timeout"]).inc();
-                        return Poll::Ready(Protocol::Closed);
-                    }
-                    // A partial preface: HTTP/1's own deadline refuses it.
-                    self.mode = Mode::Http1;
-                    return Poll::Ready(Protocol::Http1);
+            if self.read_timer.expired(cx, deadline) {
+                if self.buf.is_empty() {
+                    self.metrics.closed.with_label_values(&["header_timeout"]).inc();
+                    return Poll::Ready(Protocol::Closed);
                 }
-                Poll::Pending => return Poll::Pending,
+                // A partial preface: HTTP/1's own deadline refuses it.
+                self.mode = Mode::Http1;
+                return Poll::Ready(Protocol::Http1);
+            }
+            match ready!(self.read_more(cx, HEAD_READ)) {
+                Ok(0) | Err(_) => return Poll::Ready(Protocol::Closed),
+                Ok(_) => continue,
             }
         }
     }
@@ -385,18 +398,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<S> {
                 this.ready -= n;
                 return Poll::Ready(Ok(()));
             }
-            // Whatever happens next may wait for the requests in flight to end.
-            this.conn.reader.register(cx.waker());
-            if let Some((at, why)) = this.read_deadline()
-                && this.read_timer.expired(cx, at)
-            {
-                this.on_expiry(why);
+            match this.read_deadline() {
+                Some((at, why)) if this.read_timer.expired(cx, at) => this.on_expiry(why),
+                Some(_) => {}
+                // While requests are in flight, a wake-up now and then looks
+                // again: once they are done, the idle deadline must be armed.
+                // A head already begun has a nearer deadline: be woken as soon
+                // as the connection is idle.
+                None if this.mode != Mode::Refused => {
+                    let now = Instant::now();
+                    this.read_timer.wake_by(cx, now + this.limits.idle_timeout, now);
+                    if this.buf.len() > this.ready {
+                        this.conn.wake_when_idle(cx);
+                    }
+                }
+                None => {}
             }
             match this.mode {
                 Mode::Refused => {
                     // End of file, but an answer waits until hyper is done with
                     // the requests before it: idle, hyper closes, and the answer goes out.
                     return if this.answer.is_some() && this.conn.in_flight() > 0 {
+                        this.conn.wake_when_idle(cx);
                         Poll::Pending
                     } else {
                         Poll::Ready(Ok(()))

@@ -4,6 +4,8 @@
 //! module decides only whether a head may reach it, and how long its body is,
 //! so the connection knows where the next head begins.
 
+use std::mem::MaybeUninit;
+
 use axum::http::Uri;
 
 /// What an HTTP/2 client with prior knowledge sends first.
@@ -118,17 +120,17 @@ pub fn check(head: &[u8], limits: &HeadLimits) -> Result<Checked, Refusal> {
     if size > limits.max_size {
         return Err(Refusal::HeadTooLarge(limits.max_size));
     }
-    // On the stack for the usual limits: this runs for every request.
-    let mut stack = [httparse::EMPTY_HEADER; 128];
+    // Uninitialised, on the stack for the usual limits: this runs for every request.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut heap = Vec::new();
-    let headers: &mut [httparse::Header<'_>] = if limits.max_headers <= stack.len() {
+    let headers = if limits.max_headers <= stack.len() {
         &mut stack[..limits.max_headers]
     } else {
-        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
-        &mut heap
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut heap[..]
     };
-    let mut req = httparse::Request::new(headers);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Refusal::Malformed("the head ended early")),
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooManyHeaders(limits.max_headers)),

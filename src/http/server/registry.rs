@@ -27,11 +27,21 @@ pub struct ConnState {
     h2: AtomicBool,
     /// Admitted past the cap: one request, probes only.
     pub overflow: bool,
-    /// The `Gate`'s reader, woken when the connection turns idle, so its idle deadline starts.
-    pub reader: AtomicWaker,
+    /// The `Gate`'s reader, when it waits for the requests in flight to end
+    /// (to answer a refused head): woken when the connection turns idle.
+    reader: AtomicWaker,
+    reader_waits: AtomicBool,
     /// Fired to close the connection gracefully: eviction, or the node shutting down.
     pub close: CancellationToken,
-    changed: Arc<Notify>,
+    changed: Arc<Changed>,
+}
+
+/// Connections closed or turned idle, for an admission waiting for room.
+#[derive(Debug, Default)]
+struct Changed {
+    notify: Notify,
+    /// Whether an admission waits: otherwise a request that ends touches nothing shared.
+    waiting: AtomicBool,
 }
 
 impl ConnState {
@@ -49,8 +59,22 @@ impl ConnState {
         if ended >= self.begun.load(Ordering::Acquire) {
             let nanos = self.accepted.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             self.idle_since.store(nanos, Ordering::Release);
-            self.reader.wake();
-            self.changed.notify_one();
+            if self.reader_waits.swap(false, Ordering::AcqRel) {
+                self.reader.wake();
+            }
+            if self.changed.waiting.load(Ordering::Acquire) {
+                self.changed.notify.notify_one();
+            }
+        }
+    }
+
+    /// Wake the task of `cx` once no request is in flight.
+    pub fn wake_when_idle(&self, cx: &std::task::Context<'_>) {
+        self.reader.register(cx.waker());
+        self.reader_waits.store(true, Ordering::Release);
+        // A request that ended in between would have found no waiter.
+        if self.in_flight() == 0 && self.reader_waits.swap(false, Ordering::AcqRel) {
+            cx.waker().wake_by_ref();
         }
     }
 
@@ -81,7 +105,7 @@ impl ConnState {
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
-    changed: Arc<Notify>,
+    changed: Arc<Changed>,
     /// Connections served normally.
     pub cap: usize,
     /// Connections admitted past the cap, each for one probe or one 503.
@@ -117,7 +141,7 @@ impl Registry {
     pub fn new(cap: usize, metrics: Arc<ServerMetrics>) -> Arc<Registry> {
         Arc::new(Registry {
             inner: Mutex::new(Inner::default()),
-            changed: Arc::new(Notify::new()),
+            changed: Arc::new(Changed::default()),
             cap,
             overflow_cap: (cap / 16).clamp(4, 64),
             metrics,
@@ -140,19 +164,25 @@ impl Registry {
     /// up. `None` once `shutdown` fires.
     pub async fn admit(self: &Arc<Self>, shutdown: &CancellationToken, close: CancellationToken) -> Option<Slot> {
         let mut close = Some(close);
-        loop {
-            let notified = self.changed.notified();
+        if let Some(slot) = self.try_admit(&mut close) {
+            return Some(slot);
+        }
+        self.changed.waiting.store(true, Ordering::Release);
+        let slot = loop {
+            let notified = self.changed.notify.notified();
             tokio::pin!(notified);
             // Registered before looking, so a change in between is not missed.
             notified.as_mut().enable();
             if let Some(slot) = self.try_admit(&mut close) {
-                return Some(slot);
+                break Some(slot);
             }
             tokio::select! {
                 _ = notified => {}
-                _ = shutdown.cancelled() => return None,
+                _ = shutdown.cancelled() => break None,
             }
-        }
+        };
+        self.changed.waiting.store(false, Ordering::Release);
+        slot
     }
 
     fn try_admit(self: &Arc<Self>, close: &mut Option<CancellationToken>) -> Option<Slot> {
@@ -176,6 +206,7 @@ impl Registry {
             h2: AtomicBool::new(false),
             overflow,
             reader: AtomicWaker::new(),
+            reader_waits: AtomicBool::new(false),
             close: close.take().expect("one admission per token"),
             changed: self.changed.clone(),
         });
@@ -249,7 +280,7 @@ impl Drop for Slot {
             }
         }
         drop(inner);
-        r.changed.notify_one();
+        r.changed.notify.notify_one();
     }
 }
 
