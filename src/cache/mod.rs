@@ -285,8 +285,15 @@ impl BlobCache {
     }
 
     /// Mark a blob complete: call only after its bytes matched its key.
+    ///
+    /// The entry starts as used once, like the chunks the read that verified
+    /// the blob went through: S3-FIFO evicts entries never used since their
+    /// insertion first, and a blob whose chunks stay while its metadata goes
+    /// is a miss that costs a store lookup (and wastes the chunks' memory).
     pub fn insert_meta(&self, key: &BlobKey, meta: &BlobMeta) {
-        self.hybrid.insert(EntryKey::Meta(*key), meta.encode(self.chunk_size));
+        let entry = EntryKey::Meta(*key);
+        self.hybrid.insert(entry.clone(), meta.encode(self.chunk_size));
+        let _ = self.hybrid.memory().get(&entry);
     }
 
     pub fn insert_chunk(&self, key: &BlobKey, index: u32, bytes: Bytes) {

@@ -158,3 +158,25 @@ async fn deleted_blobs_stay_deleted_after_a_restart() {
     let app = TestApp::spawn_in(dir, common::test_settings()).await;
     assert_eq!(app.get(&key).await.status(), 404);
 }
+
+/// A blob read once keeps its metadata as long as its chunks: a full small
+/// memory cache holds whole blobs, not chunks whose blob is a miss.
+#[tokio::test]
+async fn a_full_memory_cache_keeps_whole_blobs() {
+    let mut settings = common::test_settings();
+    settings.cache.memory_cache = Some(bytesize::ByteSize::mib(32));
+    settings.cache.disk_cache = Some(bytesize::ByteSize::b(0));
+    let app = TestApp::spawn_with(settings).await;
+    let keys: Vec<BlobKey> = (0..700)
+        .map(|i| app.seed_store(&common::data(64 * 1024, 9000 + i)))
+        .collect();
+    for key in &keys {
+        assert_eq!(app.get(key).await.status(), 200);
+    }
+    let mut cached = 0;
+    for key in &keys {
+        cached += app.is_cached(key).await as u32;
+    }
+    // About 500 blobs of 64 KiB fit in 32 MiB; before, 52 of them kept their metadata.
+    assert!(cached >= 300, "{cached} of 700 blobs cached whole");
+}
