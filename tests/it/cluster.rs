@@ -420,15 +420,7 @@ async fn cluster_shows_the_members_and_each_blobs_owner() {
     for node in &nodes {
         assert_eq!(node.get(&BlobKey::of(&blob)).await.status(), 200);
     }
-    let metrics = nodes[0]
-        .client
-        .get(nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = nodes[0].metrics_text().await;
     for name in [
         "blobcache_peers_live 2",
         "blobcache_peer_requests_total",

@@ -265,15 +265,7 @@ async fn an_object_that_does_not_match_its_key_is_never_served_whole_nor_cached(
     }
     assert!(!a.is_cached(&key).await, "not cached");
     assert!(a.stat("metrics.integrity_failures").await >= 1);
-    let metrics = a
-        .client
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics_text().await;
     assert!(
         metrics
             .lines()

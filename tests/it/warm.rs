@@ -86,14 +86,7 @@ fn keys_of(v: &Value) -> HashSet<String> {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.metrics_text().await
 }
 
 #[tokio::test]

@@ -190,6 +190,17 @@ impl TestApp {
         resp.json().await.expect("a JSON answer")
     }
 
+    /// The node's /metrics, as text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        resp.text().await.expect("the metrics text")
+    }
+
     /// The node's /stats.
     pub async fn stats(&self) -> serde_json::Value {
         let resp = self.client.get(self.url("/stats")).send().await.expect("GET /stats");

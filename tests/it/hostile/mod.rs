@@ -196,15 +196,7 @@ async fn nothing_stored(app: &TestApp, key: &BlobKey) {
 
 /// A counter of /metrics (0 when it has no sample yet).
 async fn metric(app: &TestApp, name_and_labels: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
