@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::ServerMetrics;
-use super::head::{self, BodyLength, H2_PREFACE, HeadLimits, Refusal};
+use super::head::{self, BodyLength, H2_PREFACE, HeadLimits, Refusal, http1_answer};
 use super::registry::ConnState;
+use super::timer::Timer;
 use crate::http::error::ApiError;
 use crate::http::settings::Limits;
 
@@ -77,35 +78,6 @@ enum Closing {
     Shutdown,
     Linger { until: Instant, left: usize },
     Done,
-}
-
-/// A deadline's wake-up. An earlier wake-up already armed is kept (it comes,
-/// the deadline is looked at again, and the timer re-armed), so a deadline
-/// that moves later with every request costs no timer update.
-#[derive(Debug, Default)]
-struct Timer {
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Timer {
-    /// Whether `at` has passed; if not, a wake-up comes by then.
-    fn expired(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
-        let now = Instant::now();
-        if now >= at {
-            return true;
-        }
-        self.wake_by(cx, at, now);
-        false
-    }
-
-    fn wake_by(&mut self, cx: &mut Context<'_>, at: Instant, now: Instant) {
-        match &mut self.sleep {
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
-            Some(s) if s.deadline() <= now || s.deadline() > at => s.as_mut().reset(at),
-            Some(_) => {}
-        }
-        let _ = self.sleep.as_mut().expect("set above").as_mut().poll(cx);
-    }
 }
 
 /// The checks a `Gate` applies.
@@ -361,30 +333,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
             }
         }
     }
-}
-
-/// A JSON error as a whole HTTP/1.1 response that closes the connection
-/// (no body for a HEAD request).
-fn http1_answer(error: ApiError, head_request: bool) -> Bytes {
-    use std::fmt::Write;
-    let body = serde_json::json!({ "error": error.code, "message": error.message }).to_string();
-    let reason = error.status.canonical_reason().unwrap_or("");
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        error.status.as_u16(),
-        body.len()
-    );
-    let id = super::service::request_id(&Default::default());
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let _ = write!(head, "x-request-id: {}\r\ndate: {date}\r\n", id.to_str().unwrap_or(""));
-    for (name, value) in &error.headers {
-        let _ = write!(head, "{name}: {}\r\n", value.to_str().unwrap_or(""));
-    }
-    head.push_str("\r\n");
-    if !head_request {
-        head.push_str(&body);
-    }
-    Bytes::from(head)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<S> {

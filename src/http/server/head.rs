@@ -245,6 +245,30 @@ fn content_length(value: &[u8]) -> Result<u64, Refusal> {
     }
 }
 
+/// A JSON error as a whole HTTP/1.1 response that closes the connection
+/// (no body for a HEAD request).
+pub(super) fn http1_answer(error: crate::http::error::ApiError, head_request: bool) -> bytes::Bytes {
+    use std::fmt::Write;
+    let body = serde_json::json!({ "error": error.code, "message": error.message }).to_string();
+    let reason = error.status.canonical_reason().unwrap_or("");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        error.status.as_u16(),
+        body.len()
+    );
+    let id = super::service::request_id(&Default::default());
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let _ = write!(head, "x-request-id: {}\r\ndate: {date}\r\n", id.to_str().unwrap_or(""));
+    for (name, value) in &error.headers {
+        let _ = write!(head, "{name}: {}\r\n", value.to_str().unwrap_or(""));
+    }
+    head.push_str("\r\n");
+    if !head_request {
+        head.push_str(&body);
+    }
+    bytes::Bytes::from(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ mod gate;
 mod head;
 mod registry;
 mod service;
+mod timer;
 
 use std::io;
 use std::sync::Arc;
