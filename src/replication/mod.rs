@@ -8,7 +8,9 @@
 //! those checked bytes, so a store that verifies (S3's `Content-MD5`) refuses
 //! bytes damaged after the check. A damaged blob is moved aside, never sent.
 
+mod backoff;
 mod deletes;
+mod reservation;
 mod settings;
 pub mod spool;
 mod upload;
@@ -17,46 +19,20 @@ mod writer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use prometheus::{IntCounter, Registry};
 use tokio::sync::{Notify, watch};
 
+pub use backoff::Backoff;
 pub use deletes::StoreDelete;
+pub use reservation::Reservation;
 pub use settings::{ReplicationConfig, ReplicationSettings};
 pub use spool::{Spool, SpoolBlob, SpoolError};
 
 use crate::key::BlobKey;
 use crate::metrics;
 use crate::store::{Store, StoreError};
-
-/// Retry timing for failed uploads.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before attempt `failures + 1`: doubling, capped, with ±25% jitter.
-    pub fn delay(&self, failures: u32) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << failures.min(20).saturating_sub(1))
-            .min(self.max);
-        let jitter = rand::random_range(0.75..1.25);
-        base.mul_f64(jitter).min(self.max)
-    }
-}
 
 /// Why an upload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -164,38 +140,6 @@ pub struct Replicator {
     c: Counters,
 }
 
-/// Spool bytes promised to one upload; given back when it drops (a committed
-/// blob is then counted by the pending queue).
-#[derive(Debug)]
-pub struct Reservation {
-    replicator: Arc<Replicator>,
-    bytes: u64,
-}
-
-impl Reservation {
-    /// Promise `more` bytes to this upload, if the spool has room.
-    pub fn grow(&mut self, more: u64) -> Result<(), SpoolFull> {
-        let r = &self.replicator;
-        let before = r.reserved.fetch_add(more, Ordering::SeqCst);
-        if r.pending_bytes.load(Ordering::SeqCst) + before + more > r.spool_limit {
-            r.reserved.fetch_sub(more, Ordering::SeqCst);
-            return Err(SpoolFull { limit: r.spool_limit });
-        }
-        self.bytes += more;
-        Ok(())
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.replicator.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
-}
-
 impl Replicator {
     pub fn new(
         spool: Arc<Spool>,
@@ -264,14 +208,6 @@ impl Replicator {
             });
         }
         r
-    }
-
-    /// Start reserving spool space for an upload (nothing reserved yet).
-    pub fn reservation(self: &Arc<Self>) -> Reservation {
-        Reservation {
-            replicator: self.clone(),
-            bytes: 0,
-        }
     }
 
     /// Queue an acknowledged blob (already durable in `pending/`) for upload.
@@ -511,24 +447,5 @@ impl Replicator {
                 _ = health.changed() => {}
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        };
-        for (failures, base) in [(1u32, 1.0f64), (2, 2.0), (3, 4.0), (9, 256.0)] {
-            let d = b.delay(failures).as_secs_f64();
-            assert!(d >= base * 0.75 && d <= base * 1.25, "failures {failures}: {d}");
-        }
-        assert!(b.delay(30) <= Duration::from_secs(300));
-        assert!(b.delay(30) >= Duration::from_secs(225));
     }
 }
