@@ -293,18 +293,7 @@ async fn store(
 /// The owner's answer to a forwarded PUT, passed on as it is (a small JSON body).
 async fn relay(resp: reqwest::Response) -> Response {
     let status = resp.status();
-    let mut headers = HeaderMap::new();
-    for name in [
-        header::CONTENT_TYPE,
-        header::LOCATION,
-        header::ETAG,
-        header::RETRY_AFTER,
-        header::HeaderName::from_static(DURABILITY),
-    ] {
-        if let Some(v) = resp.headers().get(&name) {
-            headers.insert(name, v.clone());
-        }
-    }
+    let headers = crate::cluster::relayed_headers(resp.headers());
     match resp.bytes().await {
         Ok(body) => {
             let mut out = Response::new(Body::from(body));
