@@ -32,10 +32,9 @@ pub async fn catch_up(
     let started = SystemTime::now();
     let since = started - retention;
     let mut applied = 0;
-    let from_store = match store.tombstones(since).await {
-        Ok(list) => {
-            let records: Vec<_> = list.iter().map(|t| (t.key, t.at)).collect();
-            applied += blobs.learn_deletions(&records, true).await;
+    let from_store = match from_store(blobs, store, since).await {
+        Ok(n) => {
+            applied += n;
             Some(started - OVERLAP)
         }
         Err(e) => {
@@ -56,6 +55,16 @@ pub async fn catch_up(
     from_store
 }
 
+/// Apply the store's tombstones written at or after `since` to the blobs this node holds.
+async fn from_store(
+    blobs: &BlobService,
+    store: &dyn Store,
+    since: SystemTime,
+) -> Result<usize, crate::store::StoreError> {
+    let records: Vec<_> = store.tombstones(since).await?.iter().map(|t| (t.key, t.at)).collect();
+    Ok(blobs.learn_deletions(&records, true).await)
+}
+
 /// Read the store's new tombstones every `interval` until `stop`; expire old ones hourly.
 pub async fn run(
     blobs: Arc<BlobService>,
@@ -73,10 +82,8 @@ pub async fn run(
         }
         let started = SystemTime::now();
         let from = since.unwrap_or(started - retention);
-        match store.tombstones(from).await {
-            Ok(list) => {
-                let records: Vec<_> = list.iter().map(|t| (t.key, t.at)).collect();
-                let applied = blobs.learn_deletions(&records, true).await;
+        match from_store(&blobs, &*store, from).await {
+            Ok(applied) => {
                 if applied > 0 {
                     tracing::info!(applied, "deletions learned from the store's tombstones");
                 }

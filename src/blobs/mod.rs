@@ -151,28 +151,29 @@ impl BlobService {
     /// spool, owner, store, other peers. Counted as a hit, a miss or not found.
     pub async fn open(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
         let found = self.lookup.find(key, reach).await;
-        let stats = &self.parts.stats;
         match &found {
-            Ok(f) => match f.source() {
-                Source::Cache => stats.hits.inc(),
-                Source::Spool => stats.spool_hits.inc(),
-                Source::Peer => stats.peer_hits.inc(),
-                Source::Store => stats.misses.inc(),
-            },
-            Err(BlobError::NotFound) => stats.not_found.inc(),
+            Ok(f) => self.count(f.source()),
+            Err(BlobError::NotFound) => self.parts.stats.not_found.inc(),
             Err(_) => {}
         }
         found
+    }
+
+    fn count(&self, source: Source) {
+        let stats = &self.parts.stats;
+        match source {
+            Source::Cache => stats.hits.inc(),
+            Source::Spool => stats.spool_hits.inc(),
+            Source::Peer => stats.peer_hits.inc(),
+            Source::Store => stats.misses.inc(),
+        }
     }
 
     /// This node's copy (cache or spool), not counted: a miss here is not yet a miss.
     pub async fn find_here(&self, key: &BlobKey) -> Result<Option<Found>, BlobError> {
         match self.lookup.find(key, Reach::Local).await {
             Ok(found) => {
-                match found.source() {
-                    Source::Spool => self.parts.stats.spool_hits.inc(),
-                    _ => self.parts.stats.hits.inc(),
-                }
+                self.count(found.source());
                 Ok(Some(found))
             }
             Err(BlobError::NotFound) => Ok(None),

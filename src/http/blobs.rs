@@ -95,16 +95,20 @@ pub async fn get_blob(
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    let opened = match forward_to(&state, &key, &req_headers) {
-        Some((cluster, owner)) => match state.blobs.find_here(&key).await? {
+    let opened = match forwards(&state, &req_headers) {
+        // A hit here needs no owner; a miss goes to the owner in one request,
+        // its answer streamed on as it comes.
+        Some(cluster) => match state.blobs.find_here(&key).await? {
             Some(found) => found,
-            // One request to the owner, its answer streamed on as it comes.
-            None => match cluster.forward_get(&owner, &key, &req_headers).await {
-                Ok(answer) => return Ok(relay_get(&state, answer)),
-                Err(e) => {
-                    tracing::debug!(%key, error = %e, "the owner could not be reached; reading on without it");
-                    state.blobs.open(&key, Reach::Everywhere).await?
-                }
+            None => match cluster.owner(&key) {
+                Some(owner) => match cluster.forward_get(&owner, &key, &req_headers).await {
+                    Ok(answer) => return Ok(relay_get(&state, answer)),
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, "the owner could not be reached; reading on without it");
+                        state.blobs.open(&key, Reach::Everywhere).await?
+                    }
+                },
+                None => state.blobs.open(&key, Reach::Everywhere).await?,
             },
         },
         None => state.blobs.open(&key, reach(&req_headers)).await?,
@@ -158,19 +162,12 @@ pub async fn get_blob(
     Ok(resp)
 }
 
-/// The owner to send a client's GET to, when it is another node (and this
-/// node does not keep copies of what it reads from owners: then it looks the
-/// blob up first and reads it through its own cache).
-fn forward_to<'a>(
-    state: &'a AppState,
-    key: &BlobKey,
-    headers: &HeaderMap,
-) -> Option<(&'a std::sync::Arc<crate::cluster::Cluster>, crate::cluster::Peer)> {
+/// The cluster a client's GET that misses here is sent on through (to the
+/// blob's owner), unless a peer sent it or this node keeps copies of what it
+/// reads from owners (then it reads the blob through its own cache).
+fn forwards<'a>(state: &'a AppState, headers: &HeaderMap) -> Option<&'a std::sync::Arc<crate::cluster::Cluster>> {
     let cluster = state.blobs.cluster()?;
-    if Hop::of(headers).is_some() || cluster.config().peer_copies {
-        return None;
-    }
-    Some((cluster, cluster.owner(key)?))
+    (Hop::of(headers).is_none() && !cluster.config().peer_copies).then_some(cluster)
 }
 
 /// The owner's answer to a forwarded GET, as the client's.

@@ -182,27 +182,19 @@ impl Replicator {
     /// false, holding nothing, when a PUT acknowledged since the DELETE has the
     /// blob pending: that later write wins.
     async fn hold_for_delete(&self, key: &BlobKey) -> bool {
-        loop {
-            let finished = self.idle.notified();
-            tokio::pin!(finished);
-            finished.as_mut().enable();
-            {
-                let mut state = self.state.lock().expect("queue lock");
-                match state.get(key) {
-                    None => {
-                        let mut busy = Pending::new(0, SystemTime::now(), true, false);
-                        busy.deleted = true;
-                        state.insert(*key, busy);
-                        return true;
-                    }
-                    // Acknowledged by a PUT since the DELETE (the DELETE cancelled any earlier one).
-                    Some(p) if p.live() => return false,
-                    // An upload (or another delete) under way: wait for it to settle.
-                    Some(_) => {}
-                }
+        self.when_settled(|state| match state.get(key) {
+            None => {
+                let mut busy = Pending::new(0, SystemTime::now(), true, false);
+                busy.deleted = true;
+                state.insert(*key, busy);
+                Some(true)
             }
-            finished.await;
-        }
+            // Acknowledged by a PUT since the DELETE (the DELETE cancelled any earlier one).
+            Some(p) if p.live() => Some(false),
+            // An upload (or another delete) under way: wait for it to settle.
+            Some(_) => None,
+        })
+        .await
     }
 
     /// Give the entry back: gone, or, if a PUT arrived meanwhile, due for upload.

@@ -314,25 +314,31 @@ impl Replicator {
     /// write-through PUT (waiting for an upload of it already under way).
     /// Then [`Replicator::upload_claimed`] sends it.
     pub async fn claim_upload(&self, key: BlobKey, size: u64, since: SystemTime) {
+        self.when_settled(|state| match state.get_mut(&key) {
+            None => {
+                self.pending_bytes.fetch_add(size, Ordering::SeqCst);
+                state.insert(key, Pending::new(size, since, true, true));
+                Some(())
+            }
+            Some(p) if !p.uploading => {
+                p.uploading = true;
+                Some(())
+            }
+            // A worker is uploading the same blob: wait for it, then look again.
+            Some(_) => None,
+        })
+        .await
+    }
+
+    /// Run `step` on the queue until it gives an answer, waiting for the next
+    /// upload or delete to settle between tries. `step` runs under the queue lock.
+    async fn when_settled<T>(&self, mut step: impl FnMut(&mut HashMap<BlobKey, Pending>) -> Option<T>) -> T {
         loop {
             let finished = self.idle.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
-            {
-                let mut state = self.state.lock().expect("queue lock");
-                match state.get_mut(&key) {
-                    None => {
-                        self.pending_bytes.fetch_add(size, Ordering::SeqCst);
-                        state.insert(key, Pending::new(size, since, true, true));
-                        return;
-                    }
-                    Some(p) if !p.uploading => {
-                        p.uploading = true;
-                        return;
-                    }
-                    // A worker is uploading the same blob: wait for it, then look again.
-                    Some(_) => {}
-                }
+            if let Some(answer) = step(&mut self.state.lock().expect("queue lock")) {
+                return answer;
             }
             finished.await;
         }
@@ -353,35 +359,28 @@ impl Replicator {
     /// this blob can still bring it back into the store behind the DELETE.
     pub async fn cancel(&self, key: &BlobKey) -> std::io::Result<bool> {
         let mut was_pending = false;
-        loop {
-            let finished = self.idle.notified();
-            tokio::pin!(finished);
-            finished.as_mut().enable();
-            {
-                let mut state = self.state.lock().expect("queue lock");
-                match state.get_mut(key) {
-                    None => break,
-                    Some(p) if p.uploading => {
-                        if !p.deleted {
-                            if !p.damaged {
-                                self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
-                            }
-                            p.deleted = true;
-                            was_pending = true;
-                        }
+        self.when_settled(|state| match state.get_mut(key) {
+            None => Some(()),
+            Some(p) if p.uploading => {
+                if !p.deleted {
+                    if !p.damaged {
+                        self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
                     }
-                    Some(p) => {
-                        if !p.deleted && !p.damaged {
-                            self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
-                            was_pending = true;
-                        }
-                        state.remove(key);
-                        break;
-                    }
+                    p.deleted = true;
+                    was_pending = true;
                 }
+                None
             }
-            finished.await;
-        }
+            Some(p) => {
+                if !p.deleted && !p.damaged {
+                    self.pending_bytes.fetch_sub(p.size, Ordering::SeqCst);
+                    was_pending = true;
+                }
+                state.remove(key);
+                Some(())
+            }
+        })
+        .await;
         let spool = self.spool.clone();
         let key = *key;
         // A DELETE removes the blob from this node entirely, a damaged copy kept aside included.
