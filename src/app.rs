@@ -24,6 +24,7 @@ pub struct App {
     state: AppState,
     /// Where the first listing of the store's new tombstones starts (a cluster node).
     tombstones_since: Option<std::time::SystemTime>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl App {
@@ -31,6 +32,8 @@ impl App {
     /// here rather than at the first request; queue what the spool still holds.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let registry = prometheus::Registry::new();
+        // Certificates first: a bad file stops the start before anything is opened.
+        let tls = crate::tls::ServerTls::open(&config.tls, &registry)?;
         let data = &config.data_dir;
         std::fs::create_dir_all(data).with_context(|| format!("--data-dir {}", data.display()))?;
         let raw_store = store::open(&config.store, data)
@@ -92,7 +95,7 @@ impl App {
         for (key, at) in queued {
             replicator.enqueue_delete(key, at);
         }
-        let cluster = Cluster::new(&config.cluster, &registry).context("setting up the cluster")?;
+        let cluster = Cluster::new(&config.cluster, &config.tls, &registry).context("setting up the cluster")?;
         if cluster.is_some() {
             replicator.record_tombstones_in_store();
         }
@@ -139,6 +142,7 @@ impl App {
             config,
             state,
             tombstones_since,
+            tls,
         })
     }
 
@@ -159,6 +163,7 @@ impl App {
             config,
             state,
             tombstones_since,
+            tls,
         } = self;
         let (cache, replicator) = (state.cache.clone(), state.replicator.clone());
         let workers = TaskTracker::new();
@@ -167,8 +172,12 @@ impl App {
             workers.spawn(replicator.clone().run_worker(stop_workers.clone()));
         }
         workers.spawn(replicator.clone().run_delete_worker(stop_workers.clone()));
-        workers.spawn(state.auth.clone().watch(stop_workers.clone()));
+        workers.spawn(crate::reload::watch(state.auth.clone(), stop_workers.clone()));
+        if let Some(tls) = &tls {
+            workers.spawn(crate::reload::watch(tls.clone(), stop_workers.clone()));
+        }
         if let Some(cluster) = state.blobs.cluster() {
+            workers.spawn(crate::reload::watch(cluster.clone(), stop_workers.clone()));
             workers.spawn(cluster.clone().run(stop_workers.clone()));
             workers.spawn(catch_up::run(
                 state.blobs.clone(),
@@ -193,7 +202,14 @@ impl App {
             shutdown.await;
             signal.cancel();
         });
-        let server = http::server::serve(listener, app, &config.http.limits, &registry, shutting_down.clone());
+        let server = http::server::serve(
+            listener,
+            app,
+            &config.http.limits,
+            tls,
+            &registry,
+            shutting_down.clone(),
+        );
         let server = tokio::spawn(server);
         shutting_down.cancelled().await;
         // Warm-up jobs are background work: they stop at once, not after the requests.

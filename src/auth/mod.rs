@@ -19,7 +19,7 @@ mod settings;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine;
 use subtle::ConstantTimeEq;
@@ -111,7 +111,6 @@ pub struct Auth {
     file: Option<PathBuf>,
     entries: RwLock<Arc<Vec<Entry>>>,
     /// When the file was last read (its modification time), to notice changes.
-    read_at: RwLock<Option<SystemTime>>,
     config: AuthConfig,
 }
 
@@ -176,10 +175,6 @@ fn parse_file(path: &Path) -> anyhow::Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 impl Auth {
     /// Read the tokens file (if any). A file that cannot be read or parsed stops the start.
     pub fn open(config: &AuthConfig) -> anyhow::Result<Auth> {
@@ -187,11 +182,9 @@ impl Auth {
             Some(path) => parse_file(path)?,
             None => Vec::new(),
         };
-        let read_at = config.tokens.as_deref().and_then(modified);
         Ok(Auth {
             file: config.tokens.clone(),
             entries: RwLock::new(Arc::new(entries)),
-            read_at: RwLock::new(read_at),
             config: config.clone(),
         })
     }
@@ -207,35 +200,6 @@ impl Auth {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Read the file again. A file that no longer parses leaves the tokens as
-    /// they were (and says why): a typo must not lock everyone out, nor let
-    /// everyone in.
-    pub fn reload(&self) {
-        let Some(path) = &self.file else { return };
-        let at = modified(path);
-        match parse_file(path) {
-            Ok(entries) => {
-                let n = entries.len();
-                *self.entries.write().expect("tokens") = Arc::new(entries);
-                *self.read_at.write().expect("tokens") = at;
-                tracing::info!(tokens = n, file = %path.display(), "tokens reloaded");
-            }
-            Err(e) => {
-                *self.read_at.write().expect("tokens") = at;
-                tracing::error!(error = %e, "the tokens file has an error; keeping the tokens loaded before");
-            }
-        }
-    }
-
-    /// Reload if the file changed since it was last read.
-    pub fn reload_if_changed(&self) {
-        let Some(path) = &self.file else { return };
-        let now = modified(path);
-        if now != *self.read_at.read().expect("tokens") {
-            self.reload();
-        }
     }
 
     /// Who sent a request with this `Authorization` header (if any).
@@ -276,24 +240,30 @@ impl Auth {
             }
         }
     }
+}
 
-    /// Reload on SIGHUP and whenever the file changes (checked every 2 s), until `stop`.
-    pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        if self.file.is_none() {
-            return;
-        }
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler; the tokens file is still checked for changes");
-                None
+impl crate::reload::Reload for Auth {
+    fn what(&self) -> &'static str {
+        "tokens"
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.file.iter().cloned().collect()
+    }
+
+    /// Read the file again. A file that no longer parses leaves the tokens as
+    /// they were (and says why): a typo must not lock everyone out, nor let
+    /// everyone in.
+    fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        match parse_file(path) {
+            Ok(entries) => {
+                let n = entries.len();
+                *self.entries.write().expect("tokens") = Arc::new(entries);
+                tracing::info!(tokens = n, file = %path.display(), "tokens reloaded");
             }
-        };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = async { match &mut hup { Some(h) => { h.recv().await; } None => std::future::pending().await } } => self.reload(),
-                _ = tokio::time::sleep(Duration::from_secs(2)) => self.reload_if_changed(),
+            Err(e) => {
+                tracing::error!(error = %e, "the tokens file has an error; keeping the tokens loaded before");
             }
         }
     }

@@ -1,4 +1,7 @@
 use super::*;
+use std::time::Duration;
+
+use crate::reload::Reload;
 
 fn auth_with(lines: &str, anonymous: Anonymous) -> (tempfile::TempDir, Auth) {
     let dir = tempfile::tempdir().unwrap();

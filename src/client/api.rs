@@ -34,6 +34,12 @@ pub struct Remote {
     /// Trust the CA certificates in this PEM file instead of the system's
     #[arg(long, env = "BLOBCACHE_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
+    /// Show this client certificate (PEM) to a server that asks for one (--tls-client-ca)
+    #[arg(long, env = "BLOBCACHE_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert
+    #[arg(long, env = "BLOBCACHE_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// A configured HTTP client bound to one server. Cheap to clone.
@@ -45,7 +51,7 @@ pub struct Api {
 }
 
 impl Api {
-    /// Check the URL, load `--cacert`, and build the HTTP client.
+    /// Check the URL, load `--cacert` and `--cert`, and build the HTTP client.
     pub fn connect(remote: &Remote) -> Result<Api, ClientError> {
         let url =
             reqwest::Url::parse(&remote.url).map_err(|e| ClientError::Usage(format!("--url {}: {e}", remote.url)))?;
@@ -73,6 +79,19 @@ impl Api {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let (Some(cert), Some(key)) = (&remote.cert, &remote.key) {
+            let mut pem = std::fs::read(cert).map_err(|e| ClientError::io(cert, e))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| ClientError::io(key, e))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ClientError::Usage(format!(
+                    "--cert {} with --key {}: not a PEM certificate and key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         let http = builder
             .build()

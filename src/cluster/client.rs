@@ -81,6 +81,8 @@ impl Cluster {
     ) -> reqwest::RequestBuilder {
         let req = self
             .http
+            .read()
+            .expect("peer client")
             .request(method, format!("{peer_url}{path}"))
             .header(HOP, hop.as_str())
             .header(FROM, self.me());

@@ -105,11 +105,17 @@ impl Members {
     /// Set the member list from a DNS answer: new addresses join (not live
     /// until probed), vanished ones leave.
     pub fn resolved(&self, addrs: &[SocketAddr]) {
+        // Peers speak what this node speaks.
+        let scheme = if self.me.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
         let urls: Vec<String> = addrs
             .iter()
             .map(|a| match a {
-                SocketAddr::V4(v4) => format!("http://{v4}"),
-                SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
+                SocketAddr::V4(v4) => format!("{scheme}://{v4}"),
+                SocketAddr::V6(v6) => format!("{scheme}://[{}]:{}", v6.ip(), v6.port()),
             })
             .collect();
         let mut members = self.members.lock().expect("members lock");

@@ -26,6 +26,8 @@ use prometheus::{IntCounter, IntCounterVec, Registry};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::{PeerTls, TlsConfig};
+
 pub use client::{Forwarded, ForwardedPut, relayed_headers};
 pub use members::{MemberView, Peer};
 pub use settings::{ClusterConfig, ClusterSettings, Peers};
@@ -130,33 +132,30 @@ struct PeerMetrics {
 pub struct Cluster {
     config: ClusterConfig,
     members: Members,
-    http: reqwest::Client,
+    /// Made again when the peer TLS files change.
+    http: std::sync::RwLock<reqwest::Client>,
+    tls: PeerTls,
     m: PeerMetrics,
 }
 
 impl Cluster {
     /// The cluster `config` describes, or `None` for a single node.
-    pub fn new(config: &ClusterConfig, registry: &Registry) -> anyhow::Result<Option<Arc<Cluster>>> {
+    pub fn new(config: &ClusterConfig, tls: &TlsConfig, registry: &Registry) -> anyhow::Result<Option<Arc<Cluster>>> {
         let Some(me) = config.advertise_url.clone() else {
             return Ok(None);
         };
-        let listed = match &config.peers {
+        let (listed, dns_name) = match &config.peers {
             Peers::None => return Ok(None),
-            Peers::Static(urls) => urls.clone(),
-            Peers::Dns { .. } => Vec::new(),
+            Peers::Static(urls) => (urls.clone(), None),
+            Peers::Dns { host, .. } => (Vec::new(), Some(host.clone())),
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.peer_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            // Peers are reached directly, whatever proxy the environment names.
-            .no_proxy()
-            .user_agent(concat!("blobcache/", env!("CARGO_PKG_VERSION"), " (peer)"))
-            .build()?;
+        let tls = PeerTls::new(tls, dns_name.filter(|_| me.starts_with("https://")));
+        let http = peer_client(config, &tls)?;
         let cluster = Arc::new(Cluster {
             config: config.clone(),
             members: Members::new(me, &listed),
-            http,
+            http: std::sync::RwLock::new(http),
+            tls,
             m: PeerMetrics {
                 requests: metrics::counter_vec(
                     registry,
@@ -342,5 +341,44 @@ impl Cluster {
             "bytes_received": self.m.bytes_received.get(),
             "bytes_sent": self.m.bytes_sent.get(),
         })
+    }
+}
+
+/// The client to the peers: bounded connects, no proxy, and over TLS what
+/// `--peer-ca` and `--peer-cert` say.
+fn peer_client(config: &ClusterConfig, tls: &PeerTls) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.peer_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        // Peers are reached directly, whatever proxy the environment names.
+        .no_proxy()
+        .user_agent(concat!("blobcache/", env!("CARGO_PKG_VERSION"), " (peer)"));
+    if !tls.is_default() {
+        builder = builder.use_preconfigured_tls(tls.client_config()?);
+    }
+    Ok(builder.build()?)
+}
+
+impl crate::reload::Reload for Cluster {
+    fn what(&self) -> &'static str {
+        "peer TLS files"
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.tls.files()
+    }
+
+    /// A new client for new connections; those open finish on the old one.
+    fn reload(&self) {
+        match peer_client(&self.config, &self.tls) {
+            Ok(client) => {
+                *self.http.write().expect("peer client") = client;
+                tracing::info!("peer TLS files reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "the peer TLS files do not load; keeping the client made before");
+            }
+        }
     }
 }

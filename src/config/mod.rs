@@ -22,6 +22,7 @@ use crate::cluster::{ClusterConfig, ClusterSettings};
 use crate::http::{HttpConfig, HttpSettings};
 use crate::replication::{ReplicationConfig, ReplicationSettings};
 use crate::store::{StoreConfig, StoreSettings};
+use crate::tls::{TlsConfig, TlsSettings};
 
 /// The command line.
 #[derive(Debug, clap::Parser)]
@@ -89,6 +90,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -124,6 +127,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(flatten)]
     pub auth: AuthConfig,
+    #[serde(flatten)]
+    pub tls: TlsConfig,
 }
 
 impl Cli {
@@ -220,6 +225,7 @@ impl Config {
             store: s.store.resolve(&data_dir)?,
             http: s.http.resolve()?,
             cluster: s.cluster.resolve()?,
+            tls: s.tls.resolve()?,
             data_dir,
         };
         // What spans sections.
@@ -242,6 +248,12 @@ impl Config {
                 || config.cluster.peer_token.is_some(),
             "--peers with --tokens needs --peer-token: the token this node sends its peers (one with the peer scope in their tokens file)"
         );
+        if let Some(me) = &config.cluster.advertise_url {
+            anyhow::ensure!(
+                me.starts_with("https://") == config.tls.tls_cert.is_some(),
+                "--advertise-url {me} and --tls-cert disagree: a node that speaks TLS advertises https://, one that does not, http://"
+            );
+        }
         anyhow::ensure!(
             config.tombstone_retention >= Duration::from_secs(60),
             "--tombstone-retention must be at least 1m, got {:?}",

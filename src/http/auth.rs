@@ -2,7 +2,9 @@
 //! `/healthz` and `/readyz` are always open (probes carry no token); so are
 //! `/metrics` and `/stats` unless `--metrics-access admin`. A request marked
 //! as coming from a peer (`X-Blobcache-Hop`) needs the `peer` scope, so a
-//! client cannot pass itself off as a node of the cluster.
+//! client cannot pass itself off as a node of the cluster. With
+//! `--tls-client-ca`, a connection that showed no client certificate reaches
+//! the probes only.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -13,6 +15,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::{Caller, MetricsAccess, Scope};
 use crate::cluster::HOP;
+use crate::tls::ClientCertificate;
 
 /// The scope a request needs, or `None` for an open one.
 fn needed(method: &Method, path: &str, from_peer: bool, metrics: MetricsAccess) -> Option<Scope> {
@@ -44,6 +47,18 @@ fn needed(method: &Method, path: &str, from_peer: bool, metrics: MetricsAccess) 
 
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let auth = &state.auth;
+    let path = req.uri().path();
+    if let Some(ClientCertificate { verified: false }) = req.extensions().get::<ClientCertificate>()
+        && path != "/healthz"
+        && path != "/readyz"
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "this node asks for a client certificate (--tls-client-ca) and the connection showed none",
+        )
+        .into_response();
+    }
     let from_peer = req.headers().contains_key(HOP);
     let Some(scope) = needed(req.method(), req.uri().path(), from_peer, auth.config().metrics_access) else {
         return next.run(req).await;

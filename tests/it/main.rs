@@ -20,5 +20,6 @@ mod round_trip;
 mod s3;
 mod s3_failures;
 mod s3_faults;
+mod tls;
 mod warm;
 mod write_back;

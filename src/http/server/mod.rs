@@ -8,6 +8,8 @@
 //!   JSON answers to heads refused before hyper parses them.
 //! - `head.rs`: the checks of one HTTP/1 request head (no I/O).
 //! - `registry.rs`: who is connected; room made at the cap.
+//! - `tls.rs`: the TLS handshake, timed, and the answer to plain HTTP sent
+//!   to a TLS port.
 //! - `service.rs`: each request's way to the router: a body that fails when
 //!   it stalls, a response tracked until it was sent.
 //!
@@ -23,6 +25,7 @@ mod head;
 mod registry;
 mod service;
 mod timer;
+mod tls;
 
 use std::io;
 use std::sync::Arc;
@@ -31,15 +34,17 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{IntCounter, IntCounterVec};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::settings::Limits;
 use crate::metrics;
+use crate::tls::{ClientCertificate, ServerTls};
 use gate::{Gate, GateLimits, Protocol};
 pub use head::Refusal;
-use registry::{Registry, Slot};
+use registry::{ConnState, Registry, Slot};
 pub use service::BodyTimeout;
 use service::{ConnService, Shared};
 
@@ -103,6 +108,7 @@ pub fn serve(
     listener: impl Accept,
     router: Router,
     limits: &Limits,
+    tls: Option<Arc<ServerTls>>,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -133,7 +139,7 @@ pub fn serve(
     async move {
         let tasks = TaskTracker::new();
         accept_loop(listener, &conns, &tasks, &shutdown, |tcp, slot| {
-            connection(tcp, slot, shared.clone(), gate_limits.clone())
+            connection(tcp, slot, shared.clone(), gate_limits.clone(), tls.clone())
         })
         .await;
         tasks.close();
@@ -270,17 +276,56 @@ fn raise_open_file_limit() -> Option<usize> {
     (lim.rlim_cur != libc::RLIM_INFINITY).then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
 }
 
-/// Serve one connection: sniff its protocol, then hyper until it ends, closing
-/// it gracefully when evicted or when the node shuts down.
-async fn connection(tcp: TcpStream, slot: Slot, shared: Arc<Shared>, limits: Arc<GateLimits>) {
+/// Serve one connection (after its TLS handshake, on a TLS port).
+async fn connection(
+    tcp: TcpStream,
+    slot: Slot,
+    shared: Arc<Shared>,
+    limits: Arc<GateLimits>,
+    tls: Option<Arc<ServerTls>>,
+) {
     let conn = slot.state.clone();
+    match tls {
+        None => serve_connection(tcp, conn, shared, limits, None).await,
+        Some(tls) => {
+            let handshake = tls::handshake(tcp, &tls, conn.accepted() + limits.header_read_timeout);
+            let stream = tokio::select! {
+                s = handshake => s,
+                _ = conn.close.cancelled() => None,
+            };
+            if let Some(stream) = stream {
+                let cert = tls.asks_client_certificates().then(|| ClientCertificate {
+                    verified: stream.get_ref().1.peer_certificates().is_some(),
+                });
+                serve_connection(stream, conn, shared, limits, cert).await;
+            }
+        }
+    }
+    drop(slot);
+}
+
+/// Sniff the connection's protocol, then serve it with hyper until it ends,
+/// closing it gracefully when evicted or when the node shuts down.
+async fn serve_connection<S>(
+    io: S,
+    conn: Arc<ConnState>,
+    shared: Arc<Shared>,
+    limits: Arc<GateLimits>,
+    client_certificate: Option<ClientCertificate>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let close = conn.close.clone();
-    let mut gate = Gate::new(tcp, conn.clone(), limits.clone(), shared.metrics.clone());
+    let mut gate = Gate::new(io, conn.clone(), limits.clone(), shared.metrics.clone());
     let protocol = tokio::select! {
         p = gate.sniff() => p,
         _ = close.cancelled() => Protocol::Closed,
     };
-    let service = ConnService { shared, conn };
+    let service = ConnService {
+        shared,
+        conn,
+        client_certificate,
+    };
     let io = TokioIo::new(gate);
     let result = match protocol {
         Protocol::Closed => Ok(()),
@@ -304,7 +349,6 @@ async fn connection(tcp: TcpStream, slot: Slot, shared: Arc<Shared>, limits: Arc
     if let Err(e) = result {
         tracing::debug!(error = %crate::error_chain(&e), "connection ended with an error");
     }
-    drop(slot);
 }
 
 /// Drive a hyper connection to its end; when `close` fires, ask it to finish

@@ -59,6 +59,8 @@ pub struct Shared {
 pub struct ConnService {
     pub shared: Arc<Shared>,
     pub conn: Arc<ConnState>,
+    /// On a TLS connection that was asked for a client certificate: whether it showed one.
+    pub client_certificate: Option<crate::tls::ClientCertificate>,
 }
 
 /// Marks its request ended when dropped: with the response body, once hyper
@@ -77,7 +79,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(cert) = self.client_certificate {
+            req.extensions_mut().insert(cert);
+        }
         if self.conn.is_h2() {
             // HTTP/1 heads were counted by the gate as they came in.
             self.conn.begin();

@@ -48,6 +48,7 @@ async fn out_of_descriptors_backs_off_frees_an_idle_connection_and_goes_on() {
         listener,
         router,
         &limits,
+        None,
         &prometheus::Registry::new(),
         shutdown.clone(),
     ));

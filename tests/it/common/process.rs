@@ -160,6 +160,8 @@ pub async fn client(dir: &std::path::Path, url: &str, args: &[&str]) -> std::pro
         .env("BLOBCACHE_URL", url)
         .env_remove("BLOBCACHE_TOKEN")
         .env_remove("BLOBCACHE_CACERT")
+        .env_remove("BLOBCACHE_CERT")
+        .env_remove("BLOBCACHE_KEY")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
