@@ -122,6 +122,9 @@ pub struct Gate<S> {
     head_started: Option<Instant>,
     /// The answer to a refused head, written at shutdown.
     answer: Option<Bytes>,
+    /// An idle HTTP/2 connection was asked to close (a GOAWAY): it gets
+    /// `LINGER` more to do so before its reads end.
+    goaway: bool,
     read_timer: Timer,
     write_timer: Timer,
     /// Since when writes have been blocked (the client is not reading).
@@ -142,6 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
             scanned: 0,
             body_left: 0,
             head_started: None,
+            goaway: false,
             answer: None,
             read_timer: Timer::default(),
             write_timer: Timer::default(),
@@ -219,7 +223,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 Some((started.max(self.conn.idle_since()) + header, Expiry::Head))
             }
             Mode::Sniff | Mode::Http1 | Mode::Through if self.conn.has_begun() => {
-                Some((self.conn.idle_since() + self.limits.idle_timeout, Expiry::Idle))
+                let linger = if self.goaway { LINGER } else { Duration::ZERO };
+                Some((self.conn.idle_since() + self.limits.idle_timeout + linger, Expiry::Idle))
             }
             Mode::Sniff | Mode::Http1 | Mode::Through => Some((self.conn.accepted() + header, Expiry::Idle)),
             Mode::Refused => None,
@@ -303,8 +308,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 self.metrics.closed.with_label_values(&["header_timeout"]).inc();
                 self.mode = Mode::Refused;
             }
-            Expiry::Idle => {
+            // HTTP/2 says goodbye with a GOAWAY: hyper sends it when asked to
+            // close gracefully, and the client's connection ends cleanly.
+            Expiry::Idle if self.mode == Mode::Through && self.conn.is_h2() && !self.goaway => {
                 self.metrics.closed.with_label_values(&["idle_timeout"]).inc();
+                self.goaway = true;
+                self.conn.close.cancel();
+            }
+            Expiry::Idle => {
+                if !self.goaway {
+                    self.metrics.closed.with_label_values(&["idle_timeout"]).inc();
+                }
                 self.mode = Mode::Refused;
             }
         }

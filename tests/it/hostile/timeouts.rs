@@ -227,11 +227,17 @@ async fn http2_connections_are_served_and_timed() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], br#"{"status":"ok"}"#);
-    // Idle now: the server ends the connection at the idle timeout.
+    // Idle now: the server ends the connection at the idle timeout, with a
+    // GOAWAY first (the client's connection then ends cleanly, not with an error).
     let started = Instant::now();
-    let _ = tokio::time::timeout(PATIENCE, conn)
+    let ended = tokio::time::timeout(PATIENCE, conn)
         .await
-        .expect("the server ends an idle HTTP/2 connection");
+        .expect("the server ends an idle HTTP/2 connection")
+        .unwrap();
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/2 connection was cut without a GOAWAY: {ended:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(250));
 
     // The preface and nothing more: closed at the header-read timeout.
