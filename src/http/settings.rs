@@ -29,6 +29,9 @@ pub struct HttpSettings {
     /// Longest wait for the next bytes of a request body; a stalled upload is cut and nothing is stored [default: 60s]
     #[arg(long, env = "BLOBCACHE_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
     pub body_timeout: Option<Duration>,
+    /// Slowest upload accepted: a request body must bring at least this many bytes a second over each --body-timeout, or it is cut (a trickle of a byte now and then holds a connection as long as a stall); 0 turns it off [default: 1KiB]
+    #[arg(long, env = "BLOBCACHE_MIN_BODY_RATE")]
+    pub min_body_rate: Option<ByteSize>,
     /// Longest a response may wait for a client that does not read it [default: 60s]
     #[arg(long, env = "BLOBCACHE_SEND_TIMEOUT", value_parser = humantime::parse_duration)]
     pub send_timeout: Option<Duration>,
@@ -64,6 +67,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    #[serde(serialize_with = "exact_size")]
+    pub min_body_rate: ByteSize,
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     pub max_connections: usize,
@@ -78,6 +83,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(60),
+            min_body_rate: ByteSize::kib(1),
             send_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_header_size: ByteSize::kib(16),
@@ -107,6 +113,7 @@ impl HttpSettings {
             header_read_timeout: self.header_read_timeout.unwrap_or(d.header_read_timeout),
             idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
             body_timeout: self.body_timeout.unwrap_or(d.body_timeout),
+            min_body_rate: self.min_body_rate.unwrap_or(d.min_body_rate),
             send_timeout: self.send_timeout.unwrap_or(d.send_timeout),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             max_header_size: self.max_header_size.unwrap_or(d.max_header_size),
@@ -179,12 +186,15 @@ mod tests {
             "8KiB",
             "--max-headers",
             "20",
+            "--min-body-rate",
+            "0",
         ])
         .unwrap();
         let want = Limits {
             header_read_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(120),
             body_timeout: Duration::from_millis(500),
+            min_body_rate: ByteSize::b(0),
             send_timeout: Duration::from_secs(60),
             max_connections: 100,
             max_header_size: ByteSize::kib(8),

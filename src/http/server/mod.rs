@@ -132,6 +132,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         router,
         body_timeout: limits.body_timeout,
+        min_body_rate: limits.min_body_rate.as_u64(),
         shutting_down: shutdown.clone(),
         metrics,
     });

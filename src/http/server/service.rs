@@ -33,16 +33,21 @@ const STALL_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// A request body that stopped arriving.
+/// A request body that stopped arriving, or came too slowly.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", if *.shutting_down {
-    format!("the upload stalled while the node shut down (no byte for {})", humantime::format_duration(*.waited))
-} else {
-    format!("no byte of the request body arrived for {}", humantime::format_duration(*.waited))
+#[error("{}", match (.slow, .shutting_down) {
+    (Some((bytes, rate)), _) => format!(
+        "the upload came too slowly: {bytes} bytes in {}, under the {rate} bytes a second required (--min-body-rate)",
+        humantime::format_duration(*.waited)
+    ),
+    (None, true) => format!("the upload stalled while the node shut down (no byte for {})", humantime::format_duration(*.waited)),
+    (None, false) => format!("no byte of the request body arrived for {}", humantime::format_duration(*.waited)),
 })]
 pub struct BodyTimeout {
     pub waited: Duration,
     pub shutting_down: bool,
+    /// Too slow rather than stalled: the bytes that came in `waited`, and the rate required.
+    pub slow: Option<(u64, u64)>,
 }
 
 /// What every request of a connection shares.
@@ -50,6 +55,8 @@ pub struct BodyTimeout {
 pub struct Shared {
     pub router: Router,
     pub body_timeout: Duration,
+    /// Bytes a second a request body must average over each `body_timeout` (0: no minimum).
+    pub min_body_rate: u64,
     pub shutting_down: CancellationToken,
     pub metrics: Arc<ServerMetrics>,
 }
@@ -164,10 +171,14 @@ impl hyper::body::Body for Tracked {
 
 /// A request body that fails with `BodyTimeout` when no bytes come for
 /// `--body-timeout` while it is waited on, or for a second once the node is
-/// shutting down. Its timers exist only once a read has to wait.
+/// shutting down, or when fewer than `--min-body-rate` bytes a second came
+/// over a whole `--body-timeout`. Its timers exist only once a read has to wait.
 struct Watched {
     inner: Incoming,
     limit: Duration,
+    min_rate: u64,
+    /// Since when bytes are counted towards the rate (the first byte), and how many came.
+    window: Option<(Instant, u64)>,
     shutting_down: CancellationToken,
     at_shutdown: bool,
     cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -181,6 +192,8 @@ impl Watched {
         Watched {
             inner,
             limit: shared.body_timeout,
+            min_rate: shared.min_body_rate,
+            window: None,
             shutting_down: shared.shutting_down.clone(),
             at_shutdown: false,
             cancelled: None,
@@ -188,6 +201,28 @@ impl Watched {
             armed: false,
             metrics: shared.metrics.clone(),
         }
+    }
+}
+
+impl Watched {
+    /// Count `n` bytes that came; too few over a whole `limit` is an error.
+    fn count(&mut self, n: u64) -> Result<(), BodyTimeout> {
+        let now = Instant::now();
+        let (since, bytes) = self.window.get_or_insert((now, 0));
+        *bytes += n;
+        let elapsed = now - *since;
+        if self.min_rate == 0 || elapsed < self.limit {
+            return Ok(());
+        }
+        if (*bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+            return Err(BodyTimeout {
+                waited: elapsed,
+                shutting_down: false,
+                slow: Some((*bytes, self.min_rate)),
+            });
+        }
+        self.window = Some((now, 0));
+        Ok(())
     }
 }
 
@@ -199,6 +234,13 @@ impl hyper::body::Body for Watched {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
+            if let Some(Ok(f)) = &frame
+                && let Some(data) = f.data_ref()
+                && let Err(slow) = this.count(data.len() as u64)
+            {
+                this.metrics.closed.with_label_values(&["body_timeout"]).inc();
+                return Poll::Ready(Some(Err(Box::new(slow))));
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         if !this.at_shutdown {
@@ -230,6 +272,7 @@ impl hyper::body::Body for Watched {
             let error = BodyTimeout {
                 waited,
                 shutting_down: this.at_shutdown,
+                slow: None,
             };
             return Poll::Ready(Some(Err(Box::new(error))));
         }

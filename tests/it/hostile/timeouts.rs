@@ -165,6 +165,48 @@ async fn a_stalled_upload_is_cut_and_nothing_is_stored() {
     assert_eq!(app.put(&body).await.status(), 201);
 }
 
+/// An upload that trickles (50 bytes every 100 ms: never a stall, 500 bytes a
+/// second) is cut once a whole `--body-timeout` brought less than
+/// `--min-body-rate`, with 408; nothing is kept.
+#[tokio::test]
+async fn a_trickled_upload_is_cut_for_its_rate_and_nothing_is_stored() {
+    let mut settings = short_limits();
+    settings.http.body_timeout = Some(Duration::from_millis(500));
+    settings.http.min_body_rate = Some(bytesize::ByteSize::kib(1));
+    let app = TestApp::spawn_with(settings).await;
+    let body = data(64 * 1024, 7);
+    let key = BlobKey::of(&body);
+    let mut raw = Raw::connect(&app).await;
+    raw.send(&super::put_head(&body, "")).await;
+    let started = Instant::now();
+    let mut sent = 0;
+    // Bounded: the rate check cuts it after 0.5 s; 3 s of trickling is the most this sends.
+    while started.elapsed() < Duration::from_secs(3) && sent < body.len() {
+        if raw.sock.write_all(&body[sent..sent + 50]).await.is_err() {
+            break;
+        }
+        sent += 50;
+        match tokio::time::timeout(Duration::from_millis(100), raw.fill()).await {
+            Ok(Some(_)) | Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    let answer = raw.answer(false).await;
+    answer.assert_error(408, "body_timeout");
+    let message = String::from_utf8_lossy(&answer.body).to_string();
+    assert!(
+        message.contains("too slowly") && message.contains("--min-body-rate"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut for its rate, not by the loop's bound"
+    );
+    nothing_stored(&app, &key).await;
+    serves_others(&app).await;
+    assert_eq!(app.put(&body).await.status(), 201);
+}
+
 /// A client that asks for a blob and stops reading is cut at `--send-timeout`.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut() {
