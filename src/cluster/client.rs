@@ -19,10 +19,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// The headers of an owner's answer that go on to the client.
-const RELAYED: [&str; 10] = [
+const RELAYED: [&str; 11] = [
     "content-length",
     "content-range",
     "content-type",
+    "x-content-type-options",
     "etag",
     "accept-ranges",
     "cache-control",

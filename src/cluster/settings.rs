@@ -136,7 +136,8 @@ impl ClusterSettings {
             peer_timeout: self.peer_timeout.unwrap_or(Duration::from_secs(2)),
             peer_probe_interval: self.peer_probe_interval.unwrap_or(Duration::from_secs(2)),
             peer_copies: self.peer_copies.unwrap_or(false),
-            peer_token: self.peer_token.filter(|t| !t.is_empty()),
+            // A token read from a file or a Secret often ends in a newline.
+            peer_token: self.peer_token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
             tombstone_sync: self.tombstone_sync.unwrap_or(Duration::from_secs(10)),
         };
         for (flag, d) in [
@@ -164,6 +165,17 @@ mod tests {
             ..Default::default()
         }
         .resolve()
+    }
+
+    #[test]
+    fn a_peer_token_from_a_file_loses_its_newline() {
+        let c = ClusterSettings {
+            peer_token: Some("bc_abc\n".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.peer_token.as_deref(), Some("bc_abc"));
     }
 
     #[test]

@@ -62,6 +62,8 @@ fn blob_headers(state: &AppState, headers: &mut HeaderMap, opened: &Found) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    // Blobs are anyone's bytes: a browser must not run one as a page.
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let cache = match opened.source() {
         Source::Cache | Source::Spool => "hit",
         Source::Peer => "peer",

@@ -35,6 +35,8 @@ async fn put_then_get_every_size() {
         assert_eq!(resp.headers()["etag"], format!("\"{key}\"").as_str());
         assert_eq!(resp.headers()["accept-ranges"], "bytes");
         assert_eq!(resp.headers()["cache-control"], "public, max-age=31536000, immutable");
+        assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
         assert_eq!(
             resp.headers()["x-cache"],
             "hit",
