@@ -27,7 +27,9 @@ Usage: validate_deploy.py [--bin BLOBCACHE] SECTION...
 
 import argparse
 import asyncio
+import contextlib
 import copy
+import io
 import json
 import os
 import re
@@ -66,6 +68,18 @@ def fail(msg):
 def check(cond, msg):
     (ok if cond else fail)(msg)
     return cond
+
+
+def failures_of(fn):
+    """Run checks as a negative control: the failures they record, kept out of the count and the output."""
+    global failures
+    saved, failures = failures, []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fn()
+        return failures
+    finally:
+        failures = saved
 
 
 def cargo_version():
@@ -362,6 +376,30 @@ def chart(binary):
                       + ("" if proc.returncode == 0 else "\n" + proc.stdout + proc.stderr))
             consistency(scenario.name, values, objects(render(over)), binary, work)
 
+        # The security cross-checks must be able to fail: full-values.yaml's objects
+        # with a tokens mount by subPath (never updated), probes without HTTPS, a
+        # Certificate without the pods' names, and the peer CA read from tls.crt.
+        values, over = merged_values(CHART / "ci/full-values.yaml")
+        by_kind = {}
+        for _, o in objects(render(over)):
+            by_kind.setdefault(o["kind"], []).append(o)
+        sts = by_kind["StatefulSet"][0]
+        c = sts["spec"]["template"]["spec"]["containers"][0]
+        for m in c["volumeMounts"]:
+            if m["name"] == "tokens":
+                m.update(mountPath=m["mountPath"] + "/tokens", subPath="tokens")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            c[probe]["httpGet"].pop("scheme", None)
+        for cert in by_kind["Certificate"]:
+            cert["spec"]["dnsNames"] = [n for n in cert["spec"]["dnsNames"] if not n.startswith("*.")]
+        env = {e["name"]: e for e in c["env"]}
+        env["BLOBCACHE_PEER_CA"]["value"] = env["BLOBCACHE_PEER_CA"]["value"].replace("ca.crt", "tls.crt")
+        caught = failures_of(lambda: security("control:", values, by_kind, sts, c, env))
+        expected = ["the tokens file", "the probes use HTTPS", "the Certificate covers", "BLOBCACHE_PEER_CA"]
+        missed = [e for e in expected if not any(e in f for f in caught)]
+        check(not missed, "the security cross-checks catch a subPath tokens mount, HTTP probes under TLS, a Certificate "
+              "without the pods' names, the peer CA from tls.crt (negative control)" + (f": missed {missed}" if missed else ""))
+
         # Each refusal must give its own reason (a regular expression), not some other error first.
         base = {"config": {"store": "s3://b", "anonymous": "all"}}
         tokens = {"config": {"store": "s3://b"}, "auth": {"tokensSecret": "t", "peerTokenSecret": "t"}}
@@ -389,7 +427,8 @@ def chart(binary):
             "auth.tokensSecret and config.tokens at once": (
                 {**tokens, "config": {"store": "s3://b", "tokens": "/x"}}, "auth.tokensSecret and config.tokens both"),
             "config.peer-token (a secret in a ConfigMap)": (
-                {"config": {**tokens["config"], "peer-token": "p"}, "auth": tokens["auth"]}, "config.peer-token is set by the chart"),
+                {"config": {**tokens["config"], "peer-token": "p"}, "auth": tokens["auth"]},
+                "config.peer-token is set by the chart"),
             "config.tls-cert (the chart's, from tls.secretName)": (
                 {"config": {**base["config"], "tls-cert": "/c"}}, "config.tls-cert is set by the chart"),
             "tls.enabled without a Secret": ({**base, "tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
@@ -606,7 +645,8 @@ def security(label, values, by_kind, sts, c, env):
         if tls["enabled"]:
             check(tc.get("ca", {}).get("secret") == {"name": tls_secret, "key": "ca.crt"}
                   and tc.get("serverName") == headless_fqdn,
-                  f"{label} the ServiceMonitor checks the nodes' certificate: ca.crt of {tls_secret}, name {tc.get('serverName')}")
+                  f"{label} the ServiceMonitor checks the nodes' certificate: ca.crt of {tls_secret}, "
+                  f"name {tc.get('serverName')}")
         if tls["clientAuth"]:
             check("cert" in tc and "keySecret" in tc, f"{label} the ServiceMonitor shows a client certificate (tls.clientAuth)")
         if values["config"].get("metrics-access") == "admin":
@@ -624,8 +664,9 @@ def security(label, values, by_kind, sts, c, env):
         issuer = tls["certManager"]["issuerRef"]
         check(cs["issuerRef"] == issuer, f"{label} the Certificate's issuer is the values' {issuer}")
         client_fqdn = f"{name}.cache.svc.{values['cluster']['clusterDomain']}"
-        need = [headless_fqdn, client_fqdn, name, adv.split("://")[-1].split(":")[0].replace("$(POD_NAME)", f"{name}-0"),
-                *peer_hosts, *tls["certManager"]["extraDnsNames"]]
+        need = dict.fromkeys([headless_fqdn, client_fqdn, name,
+                              adv.split("://")[-1].split(":")[0].replace("$(POD_NAME)", f"{name}-0"),
+                              *peer_hosts, *tls["certManager"]["extraDnsNames"]])
         missing = [n for n in need if not covered(n, names)]
         check(not missing, f"{label} the Certificate covers the headless Service, the pods, the client Service"
               + (f" (missing {missing})" if missing else ""))
@@ -677,11 +718,13 @@ def node_checks(label, values, sts, c, toml_text, binary, path):
     if tokens:
         bad = {k: v for k, v in env.items() if k != "BLOBCACHE_PEER_TOKEN"}
         good, out = check_config(binary, env=bad, config=str(path))
-        check(not good and "--peer-token" in out, f"{label} the node refuses these tokens without the peer token, as the chart does")
+        check(not good and "--peer-token" in out,
+              f"{label} the node refuses these tokens without the peer token, as the chart does")
     else:
         path.write_text(re.sub(r"(?m)^anonymous = .*\n", "", toml_text))
         good, out = check_config(binary, env=env, config=str(path))
-        check(not good and "--anonymous all" in out, f"{label} the node refuses to run open without anonymous=all, as the chart does")
+        check(not good and "--anonymous all" in out,
+              f"{label} the node refuses to run open without anonymous=all, as the chart does")
     if tls["enabled"]:
         flipped = {**env, "BLOBCACHE_ADVERTISE_URL": env["BLOBCACHE_ADVERTISE_URL"].replace("https://", "http://")}
         path.write_text(toml_text)
