@@ -9,12 +9,14 @@
 #                      and names metrics the code exports (promql-parser)
 #   Helm chart         Helm 3 and Helm 4 lint, values schema, rendering for several
 #                      Kubernetes versions validated against their schemas
-#                      (kubernetes-validate), objects cross-checked
+#                      (kubernetes-validate), objects cross-checked with each
+#                      other and the values (tokens and TLS Secrets, https),
+#                      refusals of inconsistent values, the README's value table
 #                      (scripts/validate_deploy.py chart)
 #   scripts            shellcheck of the deployment scripts
 # Where a blobcache binary is at hand ($BLOBCACHE_BIN, else target/release or
 # target/debug), the compose nodes' environment and the chart's rendered config
-# file go through `blobcache check-config` as well.
+# file with a pod's environment go through `blobcache check-config` as well.
 #
 # Installs nothing. The tools: a venv with scripts/deploy-requirements.txt
 # (DEPLOY_VENV, default target/deploy-venv) and nginx, as .ci/run sets them up:

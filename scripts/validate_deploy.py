@@ -10,8 +10,13 @@ scripts/validate-deploy.sh with the Python of its tool venv.
             and schema check (helm-python-sdk) for every value set in ci/, each
             rendered for several Kubernetes versions and validated against that
             version's schemas (kubernetes-validate), the objects checked against
-            each other, the rendered config file accepted by `blobcache
-            check-config`, and values the chart must refuse refused
+            each other and against the values (tokens, peer token and TLS files
+            mounted from the right Secrets, https wherever TLS is on, the
+            cert-manager Certificate's names), the rendered config file and the
+            pods' environment accepted by `blobcache check-config` (and refused
+            without what the chart requires of them), values the chart must
+            refuse refused with their reason, and every value documented in
+            the chart's README
   monitoring  every PromQL expression of the alerts and the Grafana dashboard
             parses, names only metrics the code exports, and the chart's copy of
             the alerts is the compose one
@@ -22,7 +27,9 @@ Usage: validate_deploy.py [--bin BLOBCACHE] SECTION...
 
 import argparse
 import asyncio
+import contextlib
 import copy
+import io
 import json
 import os
 import re
@@ -42,6 +49,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 # StatefulSet PVC retention, the first with the preStop sleep action, the newest
 # kubernetes-validate knows.
 KUBE_VERSIONS = ["1.25.0", "1.27.0", "1.30.0", "1.37.0"]
+# API groups of CRDs (Prometheus Operator, cert-manager): kubernetes-validate knows
+# only core types, so their objects are checked by consistency() alone.
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
 
 failures = []
 
@@ -58,6 +68,18 @@ def fail(msg):
 def check(cond, msg):
     (ok if cond else fail)(msg)
     return cond
+
+
+def failures_of(fn):
+    """Run checks as a negative control: the failures they record, kept out of the count and the output."""
+    global failures
+    saved, failures = failures, []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fn()
+        return failures
+    finally:
+        failures = saved
 
 
 def cargo_version():
@@ -341,7 +363,7 @@ def chart(binary):
                 objs = objects(rendered)
                 out = work / f"{scenario.stem}-{kv}"
                 out.mkdir()
-                core = [(p, o) for p, o in objs if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+                core = [(p, o) for p, o in objs if not o["apiVersion"].startswith(CRD_GROUPS)]
                 for i, (_, obj) in enumerate(core):
                     (out / f"{i:02d}-{obj['kind']}.yaml").write_text(yaml.safe_dump(obj))
                 proc = subprocess.run(
@@ -354,21 +376,95 @@ def chart(binary):
                       + ("" if proc.returncode == 0 else "\n" + proc.stdout + proc.stderr))
             consistency(scenario.name, values, objects(render(over)), binary, work)
 
+        # The security cross-checks must be able to fail: full-values.yaml's objects
+        # with a tokens mount by subPath (never updated), probes without HTTPS, a
+        # Certificate without the pods' names, and the peer CA read from tls.crt.
+        values, over = merged_values(CHART / "ci/full-values.yaml")
+        by_kind = {}
+        for _, o in objects(render(over)):
+            by_kind.setdefault(o["kind"], []).append(o)
+        sts = by_kind["StatefulSet"][0]
+        c = sts["spec"]["template"]["spec"]["containers"][0]
+        for m in c["volumeMounts"]:
+            if m["name"] == "tokens":
+                m.update(mountPath=m["mountPath"] + "/tokens", subPath="tokens")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            c[probe]["httpGet"].pop("scheme", None)
+        for cert in by_kind["Certificate"]:
+            cert["spec"]["dnsNames"] = [n for n in cert["spec"]["dnsNames"] if not n.startswith("*.")]
+        env = {e["name"]: e for e in c["env"]}
+        env["BLOBCACHE_PEER_CA"]["value"] = env["BLOBCACHE_PEER_CA"]["value"].replace("ca.crt", "tls.crt")
+        caught = failures_of(lambda: security("control:", values, by_kind, sts, c, env))
+        expected = ["the tokens file", "the probes use HTTPS", "the Certificate covers", "BLOBCACHE_PEER_CA"]
+        missed = [e for e in expected if not any(e in f for f in caught)]
+        check(not missed, "the security cross-checks catch a subPath tokens mount, HTTP probes under TLS, a Certificate "
+              "without the pods' names, the peer CA from tls.crt (negative control)" + (f": missed {missed}" if missed else ""))
+
+        # Each refusal must give its own reason (a regular expression), not some other error first.
+        base = {"config": {"store": "s3://b", "anonymous": "all"}}
+        tokens = {"config": {"store": "s3://b"}, "auth": {"tokensSecret": "t", "peerTokenSecret": "t"}}
+        tls = {**base, "tls": {"enabled": True, "secretName": "tls"}}
         refusals = {
-            "no config.store": {},
-            "a file:// store": {"config": {"store": "file:///data/store"}},
-            "a grace period the drain does not fit in": {
-                "config": {"store": "s3://b"}, "terminationGracePeriodSeconds": 30},
-            "config.listen (the chart's own)": {"config": {"store": "s3://b", "listen": "0.0.0.0:9000"}},
-            "an access key without its secret": {"config": {"store": "s3://b"}, "s3": {"accessKeyId": "AKIA"}},
-            "alerts without the ServiceMonitor": {"config": {"store": "s3://b"}, "prometheusRule": {"enabled": True}},
+            "no config.store": ({}, "config.store is required"),
+            # values.schema.json refuses it before the template does.
+            "a file:// store": ({"config": {"store": "file:///data/store"}}, r"must be an s3:// URL|pattern '\^s3://"),
+            "a grace period the drain does not fit in": (
+                {**base, "terminationGracePeriodSeconds": 30}, r"terminationGracePeriodSeconds \(30\) must be above"),
+            "config.listen (the chart's own)": (
+                {"config": {**base["config"], "listen": "0.0.0.0:9000"}}, "config.listen is set by the chart"),
+            "an access key without its secret": ({**base, "s3": {"accessKeyId": "AKIA"}}, "s3.secretAccessKey is not"),
+            "alerts without the ServiceMonitor": (
+                {**base, "prometheusRule": {"enabled": True}}, "prometheusRule.enabled needs serviceMonitor.enabled"),
+            "neither tokens nor config.anonymous=all": ({"config": {"store": "s3://b"}}, "no tokens: set auth.tokensSecret"),
+            "config.anonymous=read without tokens": (
+                {"config": {"store": "s3://b", "anonymous": "read"}}, "config.anonymous=read needs tokens"),
+            "tokens without a peer token, three replicas": (
+                {**tokens, "auth": {"tokensSecret": "t"}}, "auth.tokensSecret needs auth.peerTokenSecret"),
+            "tokens without a peer token, one replica (the pods still have --peers)": (
+                {**tokens, "replicaCount": 1, "auth": {"tokensSecret": "t"}}, "auth.tokensSecret needs auth.peerTokenSecret"),
+            "a tokens file mounted by hand (config.tokens) without a peer token": (
+                {"config": {"store": "s3://b", "tokens": "/etc/t/tokens"}}, "needs auth.peerTokenSecret"),
+            "auth.tokensSecret and config.tokens at once": (
+                {**tokens, "config": {"store": "s3://b", "tokens": "/x"}}, "auth.tokensSecret and config.tokens both"),
+            "config.peer-token (a secret in a ConfigMap)": (
+                {"config": {**tokens["config"], "peer-token": "p"}, "auth": tokens["auth"]},
+                "config.peer-token is set by the chart"),
+            "config.tls-cert (the chart's, from tls.secretName)": (
+                {"config": {**base["config"], "tls-cert": "/c"}}, "config.tls-cert is set by the chart"),
+            "tls.enabled without a Secret": ({**base, "tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
+            "tls.clientAuth without tls.enabled": ({**base, "tls": {"clientAuth": True}}, "tls.clientAuth needs tls.enabled"),
+            "tls.certManager without tls.enabled": (
+                {**base, "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+                "tls.certManager.enabled needs tls.enabled"),
+            "tls.certManager without an issuer": (
+                {**base, "tls": {"enabled": True, "certManager": {"enabled": True}}}, "needs tls.certManager.issuerRef.name"),
+            "a ServiceMonitor under tls.clientAuth without a client certificate": (
+                {**tls, "tls": {**tls["tls"], "clientAuth": True}, "serviceMonitor": {"enabled": True}},
+                "needs serviceMonitor.tlsConfig.cert"),
+            "a ServiceMonitor with admin-only metrics and no token": (
+                {"config": {**base["config"], "metrics-access": "admin"}, "serviceMonitor": {"enabled": True}},
+                "needs serviceMonitor.tokenSecret"),
+            "an unknown key under tls (values.schema.json)": (
+                {**base, "tls": {"enable": True}}, "additional properties"),
+            "a tokens Secret name Kubernetes would refuse (values.schema.json)": (
+                {**tokens, "auth": {"tokensSecret": "Tokens_File", "peerTokenSecret": "t"}}, "auth/tokensSecret"),
         }
-        for what, values in refusals.items():
+        for what, (values, reason) in refusals.items():
             try:
                 render(values)
                 fail(f"the chart refuses {what}")
-            except Exception:  # noqa: BLE001 - a render error is what is expected
-                ok(f"the chart refuses {what}")
+            except Exception as e:  # noqa: BLE001 - a render error is what is expected
+                why = re.search(reason, str(e))
+                check(why, f"the chart refuses {what}" + ("" if why else f", but not for it: {e}"))
+        # What it must accept: a peer token given by hand through extraEnv.
+        by_hand = {"config": {"store": "s3://b", "tokens": "/etc/t/tokens"},
+                   "extraEnv": [{"name": "BLOBCACHE_PEER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "p", "key": "k"}}}]}
+        try:
+            render(by_hand)
+            ok("the chart accepts config.tokens with the peer token in extraEnv (files mounted by hand)")
+        except Exception as e:  # noqa: BLE001
+            fail(f"the chart accepts config.tokens with the peer token in extraEnv: {e}")
+        readme_documents_values()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -407,7 +503,7 @@ def consistency(scenario, values, objs, binary, work):
     c = pod["containers"][0]
     env = {e["name"]: e for e in c.get("env", [])}
     adv = env.get("BLOBCACHE_ADVERTISE_URL", {}).get("value", "")
-    check(adv.startswith("http://$(POD_NAME).") and f".{spec['serviceName']}." in adv,
+    check(re.match(r"https?://\$\(POD_NAME\)\.", adv) and f".{spec['serviceName']}." in adv,
           f"{label} each node advertises its stable DNS name ({adv})")
     peers = env.get("BLOBCACHE_PEERS", {}).get("value", "")
     if values["cluster"]["discovery"] == "dns":
@@ -443,11 +539,240 @@ def consistency(scenario, values, objs, binary, work):
     except tomllib.TOMLDecodeError as e:
         fail(f"{label} blobcache.toml does not parse: {e}")
     check(c["args"][-1] == "/etc/blobcache/" + next(iter(cm["data"])), f"{label} the node reads the ConfigMap's file")
+    security(label, values, by_kind, sts, c, env)
     if binary:
-        path = work / f"{scenario}.toml"
+        node_checks(label, values, sts, c, toml_text, binary, work / f"{scenario}.toml")
+
+
+# Environment variables that name files from the TLS Secret, and its key each reads.
+TLS_FILES = {"BLOBCACHE_TLS_CERT": "tls.crt", "BLOBCACHE_TLS_KEY": "tls.key", "BLOBCACHE_PEER_CA": "ca.crt"}
+CLIENT_AUTH_FILES = {"BLOBCACHE_TLS_CLIENT_CA": "ca.crt", "BLOBCACHE_PEER_CERT": "tls.crt", "BLOBCACHE_PEER_KEY": "tls.key"}
+
+
+def file_source(pod, container, path):
+    """Where a file the container reads comes from: ((secret, key) or None, its volume mount or None)."""
+    mounts = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        return None, None
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+    secret = volume.get("secret")
+    if not secret:
+        return None, mount
+    items = secret.get("items")
+    key = next((i["key"] for i in items if i["path"] == rel), None) if items else rel
+    return (secret["secretName"], key), mount
+
+
+def reloadable(mount):
+    """Mounted read-only and whole: a subPath mount never sees the Secret's updates."""
+    return bool(mount) and mount.get("readOnly") is True and "subPath" not in mount
+
+
+def covered(name, patterns):
+    """A DNS name matched by a certificate's names (a wildcard stands for one label)."""
+    for p in patterns:
+        if p == name or (p.startswith("*.") and name.split(".", 1)[-1] == p[2:] and "." in name):
+            return True
+    return False
+
+
+def security(label, values, by_kind, sts, c, env):
+    """Tokens, the peer token and TLS: mounted and set as the values say, https wherever TLS is on."""
+    pod = sts["spec"]["template"]["spec"]
+    auth, tls = values["auth"], values["tls"]
+    name = sts["metadata"]["name"]
+
+    if auth["tokensSecret"]:
+        path = env.get("BLOBCACHE_TOKENS", {}).get("value", "")
+        src, mount = file_source(pod, c, path) if path else (None, None)
+        check(src == (auth["tokensSecret"], auth["tokensKey"]) and reloadable(mount),
+              f"{label} the tokens file {path} is key {auth['tokensKey']} of Secret {auth['tokensSecret']}, "
+              f"mounted read-only without subPath (updates reach the node)")
+    else:
+        check("BLOBCACHE_TOKENS" not in env and not any(v["name"] == "tokens" for v in pod.get("volumes", [])),
+              f"{label} no tokens Secret: no tokens file mounted or set")
+    ref = env.get("BLOBCACHE_PEER_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+    if auth["peerTokenSecret"]:
+        check(ref == {"name": auth["peerTokenSecret"], "key": auth["peerTokenKey"]},
+              f"{label} BLOBCACHE_PEER_TOKEN from key {auth['peerTokenKey']} of Secret {auth['peerTokenSecret']}")
+    else:
+        check(ref is None, f"{label} no peer token Secret: BLOBCACHE_PEER_TOKEN not set")
+
+    tls_secret = tls["secretName"] or (f"{name}-tls" if tls["certManager"]["enabled"] else "")
+    want = {}
+    if tls["enabled"]:
+        want = dict(TLS_FILES, **(CLIENT_AUTH_FILES if tls["clientAuth"] else {}))
+    for var in {**TLS_FILES, **CLIENT_AUTH_FILES}:
+        if var in want:
+            path = env.get(var, {}).get("value", "")
+            src, mount = file_source(pod, c, path) if path else (None, None)
+            check(src == (tls_secret, want[var]) and reloadable(mount),
+                  f"{label} {var} {path} is key {want[var]} of Secret {tls_secret}, mounted read-only without subPath")
+        else:
+            check(var not in env, f"{label} {var} not set ({'no client auth' if tls['enabled'] else 'no TLS'})")
+
+    scheme = "https" if tls["enabled"] else "http"
+    adv = env.get("BLOBCACHE_ADVERTISE_URL", {}).get("value", "")
+    peers = env.get("BLOBCACHE_PEERS", {}).get("value", "")
+    peer_hosts = [] if peers.startswith("dns://") else [re.sub(r"^\w+://|:\d+$", "", u) for u in peers.split(",")]
+    check(adv.startswith(f"{scheme}://") and all(u.startswith(f"{scheme}://") for u in peers.split(",") if "://" in u
+                                                  and not u.startswith("dns://")),
+          f"{label} the nodes advertise and list each other as {scheme}://")
+    probes = [c[p]["httpGet"] for p in ("livenessProbe", "readinessProbe", "startupProbe") if c.get(p, {}).get("httpGet")]
+    check(all(p.get("scheme", "HTTP") == scheme.upper() for p in probes), f"{label} the probes use {scheme.upper()}")
+    for svc in by_kind["Service"]:
+        protos = {p.get("appProtocol") for p in svc["spec"]["ports"]}
+        check(protos == ({"https"} if tls["enabled"] else {None}),
+              f"{label} Service {svc['metadata']['name']}: appProtocol {protos}")
+    annotations = sts["spec"]["template"]["metadata"].get("annotations", {})
+    if values["metrics"]["podAnnotations"]:
+        check(annotations.get("prometheus.io/scheme") == scheme, f"{label} prometheus.io/scheme {scheme}")
+    for ing in by_kind.get("Ingress", []):
+        proto = (ing["metadata"].get("annotations") or {}).get("nginx.ingress.kubernetes.io/backend-protocol")
+        check((proto == "HTTPS") == tls["enabled"], f"{label} the Ingress's backend protocol ({proto}) matches the nodes'")
+    for test in [p for p in by_kind.get("Pod", []) if p["metadata"]["name"].endswith("-test")]:
+        urls = [a for ct in test["spec"]["containers"] for a in ct["command"] if "://" in a]
+        check(urls and all(u.startswith(f"{scheme}://") for u in urls), f"{label} helm test asks {scheme}:// URLs")
+
+    # The name the nodes check each other against with DNS discovery (and the scrapes).
+    headless_fqdn = adv.split("://", 1)[-1].split(":")[0].removeprefix("$(POD_NAME).")
+    for sm in by_kind.get("ServiceMonitor", []):
+        ep = sm["spec"]["endpoints"][0]
+        check(ep.get("scheme") == scheme, f"{label} the ServiceMonitor scrapes {scheme}")
+        tc = ep.get("tlsConfig", {})
+        if tls["enabled"]:
+            check(tc.get("ca", {}).get("secret") == {"name": tls_secret, "key": "ca.crt"}
+                  and tc.get("serverName") == headless_fqdn,
+                  f"{label} the ServiceMonitor checks the nodes' certificate: ca.crt of {tls_secret}, "
+                  f"name {tc.get('serverName')}")
+        if tls["clientAuth"]:
+            check("cert" in tc and "keySecret" in tc, f"{label} the ServiceMonitor shows a client certificate (tls.clientAuth)")
+        if values["config"].get("metrics-access") == "admin":
+            cred = ep.get("authorization", {}).get("credentials", {})
+            check(cred == {"name": values["serviceMonitor"]["tokenSecret"], "key": values["serviceMonitor"]["tokenKey"]},
+                  f"{label} the ServiceMonitor sends a token (metrics-access admin)")
+
+    certs = by_kind.get("Certificate", [])
+    check(len(certs) == int(tls["enabled"] and tls["certManager"]["enabled"]),
+          f"{label} a cert-manager Certificate exactly when tls.enabled and tls.certManager.enabled")
+    for cert in certs:
+        cs = cert["spec"]
+        names = cs.get("dnsNames", [])
+        check(cs["secretName"] == tls_secret, f"{label} the Certificate writes the Secret the pods mount ({tls_secret})")
+        issuer = tls["certManager"]["issuerRef"]
+        check(cs["issuerRef"] == issuer, f"{label} the Certificate's issuer is the values' {issuer}")
+        client_fqdn = f"{name}.cache.svc.{values['cluster']['clusterDomain']}"
+        need = dict.fromkeys([headless_fqdn, client_fqdn, name,
+                              adv.split("://")[-1].split(":")[0].replace("$(POD_NAME)", f"{name}-0"),
+                              *peer_hosts, *tls["certManager"]["extraDnsNames"]])
+        missing = [n for n in need if not covered(n, names)]
+        check(not missing, f"{label} the Certificate covers the headless Service, the pods, the client Service"
+              + (f" (missing {missing})" if missing else ""))
+        usages = set(cs.get("usages", []))
+        check("server auth" in usages and ("client auth" in usages or not tls["clientAuth"]),
+              f"{label} the Certificate's usages {sorted(usages)} serve and, with clientAuth, show it to peers")
+
+
+def pod_env(container, pod_name):
+    """A container's environment as the node sees it: $(VAR) expanded, stand-ins for Secret values."""
+    out = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            out[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: out.get(m.group(1), m.group(0)), str(e["value"]))
+        elif "fieldRef" in e.get("valueFrom", {}):
+            out[e["name"]] = pod_name if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" else "stand-in"
+        else:
+            ref = e["valueFrom"].get("secretKeyRef") or e["valueFrom"].get("configMapKeyRef") or {}
+            out[e["name"]] = f"stand-in-for-{ref.get('name')}-{ref.get('key')}"
+    return out
+
+
+def node_checks(label, values, sts, c, toml_text, binary, path):
+    """The node accepts what the chart renders (config file and pod -0's environment,
+    as the image sets it up), and refuses it without what the chart insists on.
+    check-config checks the file paths' consistency; it reads none of the files."""
+    path.write_text(toml_text)
+    env = {**image_env(), **pod_env(c, f"{sts['metadata']['name']}-0")}
+    good, out = check_config(binary, env=env, config=str(path))
+    check(good, f"{label} blobcache.toml with pod -0's environment passes `blobcache check-config`"
+          + ("" if good else f": {out}"))
+    if not good:
+        return
+    try:
+        eff = tomllib.loads(out)
+    except tomllib.TOMLDecodeError:
+        eff = {}
+    tokens = values["auth"]["tokensSecret"] or values["config"].get("tokens")
+    want_anon = values["config"].get("anonymous") or ("none" if tokens else "all")
+    tls = values["tls"]
+    scheme = "https" if tls["enabled"] else "http"
+    check(eff.get("anonymous") == want_anon and bool(eff.get("tokens")) == bool(tokens)
+          and eff.get("advertise-url", "").startswith(f"{scheme}://")
+          and bool(eff.get("tls-cert")) == tls["enabled"] and bool(eff.get("tls-client-ca")) == tls["clientAuth"]
+          and ("peer-token" in eff) == bool(values["auth"]["peerTokenSecret"]),
+          f"{label} the node's effective settings: anonymous {eff.get('anonymous')}, tokens {eff.get('tokens')}, "
+          f"tls-cert {eff.get('tls-cert')}, tls-client-ca {eff.get('tls-client-ca')}, {eff.get('advertise-url')}")
+    # Negative controls: what the chart requires, the node requires too.
+    if tokens:
+        bad = {k: v for k, v in env.items() if k != "BLOBCACHE_PEER_TOKEN"}
+        good, out = check_config(binary, env=bad, config=str(path))
+        check(not good and "--peer-token" in out,
+              f"{label} the node refuses these tokens without the peer token, as the chart does")
+    else:
+        path.write_text(re.sub(r"(?m)^anonymous = .*\n", "", toml_text))
+        good, out = check_config(binary, env=env, config=str(path))
+        check(not good and "--anonymous all" in out,
+              f"{label} the node refuses to run open without anonymous=all, as the chart does")
+    if tls["enabled"]:
+        flipped = {**env, "BLOBCACHE_ADVERTISE_URL": env["BLOBCACHE_ADVERTISE_URL"].replace("https://", "http://")}
         path.write_text(toml_text)
-        good, out = check_config(binary, config=str(path))
-        check(good, f"{label} blobcache.toml passes `blobcache check-config`" + ("" if good else f": {out}"))
+        good, out = check_config(binary, env=flipped, config=str(path))
+        check(not good and "disagree" in out, f"{label} the node refuses an http:// advertised URL with TLS")
+
+
+def readme_documents_values():
+    """Every key of values.yaml is in the first column of the chart README's tables,
+    and every key named there is in values.yaml. A cell may name a whole object
+    (`resources`), a family (`ingress.*`), or siblings (`serviceMonitor.enabled`, `.interval`)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    named = set()
+    for line in (CHART / "README.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        parent = ""
+        for span in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            if span.startswith("."):
+                span = parent + span
+            named.add(span)
+            parent = span.rsplit(".", 1)[0] if "." in span else ""
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            path = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                yield from leaves(v, path + ".")
+            else:
+                yield path
+
+    def documented(path):
+        return any(path == n or path.startswith(n + ".")
+                   or (n.endswith(".*") and n != "config.*" and path.startswith(n[:-1])) for n in named)
+
+    def exists(name):
+        d = values
+        for part in name.removesuffix(".*").split("."):
+            if not isinstance(d, dict) or part not in d:
+                return False
+            d = d[part]
+        return True
+
+    undocumented = [p for p in leaves(values) if not documented(p)]
+    check(not undocumented, "the chart README's table names every key of values.yaml"
+          + (f" (not: {undocumented})" if undocumented else ""))
+    stale = sorted(n for n in named if not exists(n))
+    check(not stale, "every key the chart README's table names is in values.yaml" + (f" (not: {stale})" if stale else ""))
 
 
 def main():
