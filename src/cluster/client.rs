@@ -240,7 +240,14 @@ impl Cluster {
     pub async fn forward_get(&self, owner: &Peer, key: &BlobKey, headers: &HeaderMap) -> Result<Forwarded, PeerError> {
         let req = self.request(reqwest::Method::GET, &owner.url, &format!("/blobs/{key}"), Hop::Owner);
         let req = passing_on(req, headers, &["range", "if-range", "if-none-match", "x-request-id"]);
-        let resp = self.send("get", &owner.url, req, ANSWER_TIMEOUT).await?;
+        // A hung owner (stopped, swapping) fails its next probe: the wait for
+        // its answer ends then, not at ANSWER_TIMEOUT.
+        let resp = tokio::select! {
+            resp = self.send("get", &owner.url, req, ANSWER_TIMEOUT) => resp?,
+            _ = self.members.failed_since_now(&owner.url) => {
+                return Err(self.error("get", &owner.url, "the owner failed a probe while it was asked", false));
+            }
+        };
         let status = resp.status();
         let out = relayed_headers(resp.headers());
         let want = resp.content_length().unwrap_or(0);

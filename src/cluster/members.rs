@@ -28,6 +28,8 @@ pub(super) struct Member {
     pub is_self: bool,
     pub live: bool,
     pub failures: u32,
+    /// Failures ever (never reset): how a waiting request tells a new one.
+    pub failed_total: u64,
     pub last_error: Option<String>,
     pub last_answer: Option<Instant>,
 }
@@ -40,6 +42,7 @@ impl Member {
             is_self: false,
             live: false,
             failures: 0,
+            failed_total: 0,
             last_error: None,
             last_answer: None,
         }
@@ -63,6 +66,9 @@ pub struct MemberView {
 pub(super) struct Members {
     me: String,
     members: Mutex<Vec<Member>>,
+    /// Woken when a member fails (not when it shuts down: a draining node
+    /// still answers what it was asked).
+    failures: tokio::sync::Notify,
 }
 
 impl Members {
@@ -75,6 +81,7 @@ impl Members {
         Members {
             me,
             members: Mutex::new(members),
+            failures: tokio::sync::Notify::new(),
         }
     }
 
@@ -160,7 +167,31 @@ impl Members {
         }
         m.live = false;
         m.failures = m.failures.saturating_add(1);
+        m.failed_total += 1;
         m.last_error = Some(error.to_string());
+        drop(members);
+        self.failures.notify_waiters();
+    }
+
+    /// Resolves once the member at `url` has failed (a probe or a request):
+    /// what a request waiting on it races, so a hung node does not hold it
+    /// to its own timeout.
+    pub async fn failed_since_now(&self, url: &str) {
+        let failures_before = self.failures_of(url);
+        loop {
+            let woken = self.failures.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.failures_of(url) != failures_before {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    fn failures_of(&self, url: &str) -> Option<u64> {
+        let members = self.members.lock().expect("members lock");
+        members.iter().find(|m| m.url == url).map(|m| m.failed_total)
     }
 
     pub fn view(&self) -> Vec<MemberView> {

@@ -108,16 +108,15 @@ async fn a_cold_blob_read_through_every_node_at_once_is_read_from_the_store_once
     assert_eq!(other.peer_stat("requests.get").await, gets + 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn when_a_node_is_killed_the_others_go_on() {
-    let s3 = S3Server::start().await;
+/// Two nodes in this process, the third the real binary (so it can be killed
+/// or stopped) on the third of `urls`; all three see each other.
+async fn two_nodes_and_a_binary(s3: &S3Server) -> (Vec<TestApp>, process::Server, Vec<String>, tempfile::TempDir) {
     let (listeners, urls) = listeners(3).await;
-    // Two nodes in this process, the third the real binary on a known port.
-    let killed_addr = urls[2].trim_start_matches("http://").to_string();
+    let third = urls[2].trim_start_matches("http://").to_string();
     let mut listeners = listeners.into_iter();
     let mut nodes = Vec::new();
     for url in &urls[..2] {
-        let settings = node_settings(&s3, &urls, url);
+        let settings = node_settings(s3, &urls, url);
         nodes.push(TestApp::spawn_on(listeners.next().unwrap(), tempfile::tempdir().unwrap(), settings).await);
     }
     drop(listeners); // the binary binds the third address itself
@@ -129,7 +128,7 @@ async fn when_a_node_is_killed_the_others_go_on() {
         dir.path(),
         &[
             "--listen",
-            &killed_addr,
+            &third,
             "--store",
             &store,
             "--s3-endpoint",
@@ -153,6 +152,58 @@ async fn when_a_node_is_killed_the_others_go_on() {
     for node in &nodes {
         node.sees_live_peers(2).await;
     }
+    (nodes, child, urls, dir)
+}
+
+/// A hung owner (SIGSTOP: its sockets accept, nothing answers) holds a read
+/// sent on to it only until it fails its next probe; the node then reads the
+/// store itself. Without that, the read would wait out the 30 s a peer has to
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_owner_holds_a_read_only_until_it_fails_a_probe() {
+    let s3 = S3Server::start().await;
+    let (nodes, child, urls, _dir) = two_nodes_and_a_binary(&s3).await;
+    // Blobs the binary owns, in the store, cached on neither other node.
+    let mut owned = Vec::new();
+    for i in 0..60u64 {
+        let blob = data(5000, 7000 + i);
+        let key = BlobKey::of(&blob);
+        let view = nodes[0].get_json(&format!("/cluster?md5={key}")).await;
+        if view["owner"] == urls[2].as_str() {
+            s3.put_object(&blob).await;
+            owned.push(blob);
+        }
+        if owned.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(owned.len(), 2, "the binary owns about a third of the keys");
+    child.pause();
+    for (i, blob) in owned.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let resp = nodes[i].get(&BlobKey::of(blob)).await;
+        assert_eq!(resp.status(), 200);
+        // From the store, here or through the blob's next owner.
+        let via = resp.headers()["x-cache"].to_str().unwrap().to_string();
+        assert!(via == "miss" || via == "peer", "{via}");
+        assert_eq!(resp.bytes().await.unwrap(), &blob[..]);
+        // Bounded by the probes (1 s timeout, 100 ms apart), far below the 30 s of the answer's own timeout.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the read waited {:?} on a hung owner",
+            started.elapsed()
+        );
+    }
+    child.resume();
+    for node in &nodes {
+        node.sees_live_peers(2).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_node_is_killed_the_others_go_on() {
+    let s3 = S3Server::start().await;
+    let (nodes, child, _, _dir) = two_nodes_and_a_binary(&s3).await;
     let before: Vec<Vec<u8>> = (0..30).map(|i| data(2000, 500 + i)).collect();
     for (i, blob) in before.iter().enumerate() {
         assert_eq!(nodes[i % 2].put(blob).await.status(), 201);

@@ -123,6 +123,18 @@ impl Server {
         lines
     }
 
+    /// SIGSTOP: the process hangs (sockets open, nothing answered) until `resume`.
+    pub fn pause(&self) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) }, 0);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) }, 0);
+    }
+
     /// SIGKILL: no shutdown code runs at all.
     pub fn kill(self) -> std::process::ExitStatus {
         self.signal(libc::SIGKILL)
