@@ -187,7 +187,9 @@ cached_on() { # cached_on MD5: the nodes whose status says cached, e.g. "2"
   local n out=""
   for n in 1 2 3; do
     [ -n "${NODE_PID[$n]:-}" ] || continue
-    [ "$(field "$(node_url "$n")/blobs/$1/status" 'str(j["cached"]).lower()')" = true ] && out+="$n"
+    # A node that has nothing of the blob answers 404 with the same fields (all false), hence no -f.
+    [ "$(curl -s --max-time 5 "$(node_url "$n")/blobs/$1/status" |
+      python3 -c 'import json,sys; print(str(json.load(sys.stdin).get("cached")).lower())' 2>/dev/null)" = true ] && out+="$n"
   done
   echo "$out"
 }

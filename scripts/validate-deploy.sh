@@ -14,6 +14,8 @@
 #                      refusals of inconsistent values, the README's value table
 #                      (scripts/validate_deploy.py chart)
 #   scripts            shellcheck of the deployment scripts
+#   openapi.yaml       a valid OpenAPI 3.0 document (openapi-spec-validator); what the
+#                      server answers is scripts/schemathesis.sh's part
 # Where a blobcache binary is at hand ($BLOBCACHE_BIN, else target/release or
 # target/debug), the compose nodes' environment and the chart's rendered config
 # file with a pod's environment go through `blobcache check-config` as well.
@@ -40,7 +42,7 @@ run() {
 }
 
 missing=()
-for tool in python check-jsonschema kubernetes-validate hadolint shellcheck yamllint; do
+for tool in python check-jsonschema kubernetes-validate hadolint shellcheck yamllint openapi-spec-validator; do
   [ -x "$VENV/bin/$tool" ] || missing+=("$VENV/bin/$tool")
 done
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -88,8 +90,12 @@ run "deploy/nginx/blobcache-upstream.conf: a resolver and one server line per no
     && [ \$(grep -c '^server blobcache-[0-9]:8080 resolve' deploy/nginx/blobcache-upstream.conf) -eq 3 ]"
 
 section "scripts"
-run "shellcheck scripts/validate-deploy.sh scripts/stack-test.sh" \
-  "$VENV/bin/shellcheck" scripts/validate-deploy.sh scripts/stack-test.sh
+run "shellcheck scripts/validate-deploy.sh scripts/stack-test.sh scripts/schemathesis.sh" \
+  "$VENV/bin/shellcheck" scripts/validate-deploy.sh scripts/stack-test.sh scripts/schemathesis.sh
+
+section "HTTP contract"
+run "openapi.yaml is a valid OpenAPI 3.0 document (openapi-spec-validator)" \
+  "$VENV/bin/openapi-spec-validator" openapi.yaml
 
 # Versions, compose cross-checks, the chart. Helm's library logs the chart's
 # deliberate `fail` calls during lint at INFO on stderr: dropped, results stay.

@@ -67,6 +67,15 @@ pub struct BlobStatus {
     pub damaged: bool,
 }
 
+impl BlobStatus {
+    /// Whether the blob is known to be nowhere this node looks: not in its
+    /// cache or spool, no damaged copy of it here, and the store answered
+    /// that it has none (a store that could not be asked proves nothing).
+    pub fn is_nowhere(&self) -> bool {
+        !self.cached && !self.pending && !self.damaged && self.in_store == Some(false)
+    }
+}
+
 /// What the service is built on, shared by its parts.
 #[derive(Debug)]
 struct Parts {

@@ -54,11 +54,36 @@ pub async fn run(args: StatArgs) -> u8 {
 
 async fn status(api: &Api, key: BlobKey) -> Result<Value, ClientError> {
     let path = format!("/blobs/{key}/status");
+    let context = format!("GET {path}");
     let req = api.request(Method::GET, &path).timeout(SHORT_TIMEOUT);
-    let resp = api::success(api.send(req, &api.url("")).await?, &format!("GET {path}")).await?;
+    let resp = api.send(req, &api.url("")).await?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return nowhere(resp, &context).await;
+    }
+    let resp = api::success(resp, &context).await?;
     resp.json::<Value>()
         .await
-        .map_err(|e| ClientError::Other(format!("GET {path}: not the expected JSON: {e}")))
+        .map_err(|e| ClientError::Other(format!("{context}: not the expected JSON: {e}")))
+}
+
+/// A blob that is nowhere is a 404 that still carries the flags (all false):
+/// a row like the others. Any other 404 (a wrong URL) stays an error.
+async fn nowhere(resp: reqwest::Response, context: &str) -> Result<Value, ClientError> {
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let mut body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    match body.as_object_mut().filter(|o| o.contains_key("cached")) {
+        Some(fields) => {
+            fields.remove("error");
+            fields.remove("message");
+            Ok(body)
+        }
+        None => Err(ClientError::Status {
+            context: context.to_string(),
+            status: 404,
+            code: body["error"].as_str().map(str::to_string),
+            message: body["message"].as_str().map(str::to_string),
+        }),
+    }
 }
 
 /// The answers as aligned columns; sizes right-aligned, an unknown store state as `unknown`.

@@ -345,10 +345,21 @@ pub async fn delete_blob(State(state): State<AppState>, PathParam(raw): PathPara
     })
 }
 
-pub async fn blob_status(
-    State(state): State<AppState>,
-    PathParam(raw): PathParam,
-) -> Result<Json<BlobStatus>, ApiError> {
+/// 200 with where the blob is; 404 when it is nowhere (never stored, or
+/// deleted), as for a GET, with the same fields beside the error's, so a
+/// client reading the flags can still read them.
+pub async fn blob_status(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<Response, ApiError> {
     let key = parse_key(&raw)?;
-    Ok(Json(state.blobs.status(&key).await))
+    let status = state.blobs.status(&key).await;
+    if !status.is_nowhere() {
+        return Ok(Json(status).into_response());
+    }
+    Ok((StatusCode::NOT_FOUND, Json(nowhere(status))).into_response())
+}
+
+fn nowhere(status: BlobStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).expect("a plain struct");
+    body["error"] = "not_found".into();
+    body["message"] = "no blob with this key: not on this node, nor in the store".into();
+    body
 }

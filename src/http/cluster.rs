@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -25,8 +26,19 @@ pub struct ClusterQuery {
     md5: Option<String>,
 }
 
+/// A query string as `T`, or 400 `invalid_query` in the JSON error shape
+/// (axum's own rejection is plain text): a parameter given twice, or not of its type.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+}
+
 /// `GET /cluster[?md5=]`: this node, its peers and their health, and a blob's owner.
-pub async fn view(State(state): State<AppState>, Query(q): Query<ClusterQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn view(
+    State(state): State<AppState>,
+    q: Result<Query<ClusterQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
     let key = match q.md5.as_deref() {
         Some(raw) => Some(raw.parse::<BlobKey>().map_err(|_| ApiError::invalid_key(raw))?),
         None => None,
@@ -53,8 +65,9 @@ pub struct SinceQuery {
 /// `GET /cluster/tombstones?since_us=`: the deletions this node recorded since then.
 pub async fn tombstones(
     State(state): State<AppState>,
-    Query(q): Query<SinceQuery>,
+    q: Result<Query<SinceQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TombstoneRecord>>, ApiError> {
+    let q = query(q)?;
     let since_us = match q.since_us.as_deref() {
         None => 0,
         Some(raw) => raw.parse::<u64>().map_err(|_| {
@@ -98,6 +111,18 @@ struct ObjectEvent {
     at: Option<SystemTime>,
 }
 
+impl ObjectEvent {
+    /// A message that names no object of ours; it is counted as ignored.
+    fn other() -> Self {
+        ObjectEvent {
+            removed: false,
+            bucket: String::new(),
+            key: String::new(),
+            at: None,
+        }
+    }
+}
+
 /// `POST /events/s3`: S3 event notifications, as S3 sends them (directly,
 /// through SNS, or through EventBridge) and as MinIO's webhook target does.
 /// `ObjectRemoved:*` of one of our blobs invalidates it on every node; other
@@ -136,12 +161,18 @@ fn parse_events(doc: &Value) -> Result<Vec<ObjectEvent>, ApiError> {
                     .get("Message")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad_event("an SNS notification without a Message"))?;
-                let inner: Value = serde_json::from_str(message)
-                    .map_err(|e| bad_event(format!("the SNS Message is not JSON: {e}")))?;
-                if inner.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-                    return Ok(Vec::new());
+                // A topic may carry other messages than S3's: those are not
+                // ours to act on, and refusing them would not stop them.
+                let inner = serde_json::from_str::<Value>(message)
+                    .map_err(|e| bad_event(format!("the SNS Message is not JSON: {e}")))
+                    .and_then(|inner| parse_events(&inner));
+                match inner {
+                    Ok(events) => Ok(events),
+                    Err(e) => {
+                        tracing::warn!(reason = %e.message, "ignored an SNS notification that is not an S3 event notification");
+                        Ok(vec![ObjectEvent::other()])
+                    }
                 }
-                parse_events(&inner)
             }
             "SubscriptionConfirmation" | "UnsubscribeConfirmation" => {
                 // Confirming means fetching a URL from the body; that stays an operator's step.
@@ -195,10 +226,11 @@ fn parse_record(i: usize, r: &Value) -> Result<ObjectEvent, ApiError> {
     // S3 writes "ObjectRemoved:Delete", MinIO "s3:ObjectRemoved:Delete".
     let removed = name.trim_start_matches("s3:").starts_with("ObjectRemoved:");
     let raw_key = text(&["s3", "object", "key"])?;
-    // Object keys in S3 notifications are URL-encoded, spaces as '+'.
+    // Object keys in S3 notifications are URL-encoded, spaces as '+'. One that
+    // does not decode to UTF-8 names no blob of ours (those keys are ASCII), so
+    // the lossy decoding only makes sure it is ignored.
     let key = percent_encoding::percent_decode_str(&raw_key.replace('+', " "))
-        .decode_utf8()
-        .map_err(|_| bad_event(format!("Records[{i}].s3.object.key is not URL-encoded UTF-8")))?
+        .decode_utf8_lossy()
         .into_owned();
     Ok(ObjectEvent {
         removed,
@@ -244,13 +276,29 @@ mod tests {
     }
 
     #[test]
+    fn messages_that_name_no_object_of_ours_are_ignored() {
+        // An SNS topic may carry other messages than S3's.
+        for message in ["not json", "{}", r#"{"Records": "x"}"#] {
+            let events = parse_events(&json!({"Type": "Notification", "Message": message})).unwrap();
+            assert_eq!(events.len(), 1, "{message}");
+            assert!(!events[0].removed, "{message}");
+        }
+        // A key that is not URL-encoded UTF-8 decodes to a name no blob has.
+        let bad_key = json!({"Records": [{"eventName": "ObjectRemoved:Delete",
+            "s3": {"bucket": {"name": "b"}, "object": {"key": "%ff%fe"}}}]});
+        let events = parse_events(&bad_key).unwrap();
+        assert_eq!(events[0].key, "\u{fffd}\u{fffd}");
+    }
+
+    #[test]
     fn malformed_events_are_refused() {
         for bad in [
             json!({}),
             json!({"Records": "x"}),
             json!({"Records": [{"eventName": "ObjectRemoved:Delete"}]}),
             json!({"Type": "Notification"}),
-            json!({"Type": "Notification", "Message": "not json"}),
+            json!({"Type": "Notification", "Message": 5}),
+            json!({"Type": "Other"}),
             json!({"detail-type": "Object Deleted", "detail": {}}),
         ] {
             assert!(parse_events(&bad).is_err(), "{bad}");

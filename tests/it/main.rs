@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod client;
 mod cluster;
+mod contract;
 mod faults;
 mod hostile;
 mod integrity;

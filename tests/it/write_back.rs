@@ -156,7 +156,9 @@ async fn clients_can_see_whether_a_blob_reached_the_store() {
         assert_eq!(r.status(), 200);
         r.json::<serde_json::Value>().await.unwrap()
     };
-    let s = status().await;
+    // A blob that is nowhere: 404, with the flags beside the error.
+    let s = app.status(&key).await;
+    assert_eq!(s["error"], "not_found");
     assert_eq!(
         (s["cached"].as_bool(), s["pending"].as_bool(), s["in_store"].as_bool()),
         (Some(false), Some(false), Some(false))

@@ -218,7 +218,8 @@ impl TestApp {
         v.as_u64().unwrap_or_else(|| panic!("no counter {path} in {stats}"))
     }
 
-    /// The node's `/blobs/{md5}/status`.
+    /// The node's `/blobs/{md5}/status`: a 200, or for a blob that is nowhere
+    /// a 404 `not_found` that carries the same fields.
     pub async fn status(&self, key: &BlobKey) -> serde_json::Value {
         let resp = self
             .client
@@ -226,8 +227,14 @@ impl TestApp {
             .send()
             .await
             .expect("GET status");
-        assert_eq!(resp.status(), 200);
-        resp.json().await.expect("JSON status")
+        let code = resp.status().as_u16();
+        let v: serde_json::Value = resp.json().await.expect("JSON status");
+        match code {
+            200 => assert!(v.get("error").is_none(), "{v}"),
+            404 => assert_eq!(v["error"], "not_found", "{v}"),
+            other => panic!("GET status: {other} {v}"),
+        }
+        v
     }
 
     pub async fn store_gets(&self) -> u64 {
