@@ -9,10 +9,12 @@
 #     Schemathesis' ignored_auth check sends requests without it, or with a bad
 #     one, and expects 401. /metrics and /stats need the admin scope
 #     (--metrics-access admin), so they are checked behind auth too.
-#   - Schemathesis, pinned in scripts/schemathesis-requirements.txt: every check,
-#     every phase (examples, coverage, fuzzing, stateful), a fixed seed and a
-#     bounded number of examples per operation, so a run is repeatable and
-#     takes about a minute on 2 cores.
+#   - Schemathesis, pinned with hypothesis in scripts/deploy-requirements.txt
+#     (the target/deploy-venv that .ci/run installs): every check, every phase
+#     (examples, coverage, fuzzing, stateful), a fixed seed, a bounded number of
+#     examples per operation, one worker and no state kept between runs
+#     (scripts/schemathesis.toml), so a run is repeatable; it takes about a
+#     minute on 2 cores.
 #   - scripts/schemathesis_hooks.py derives an upload's key (and Content-MD5)
 #     from its generated body: the one constraint OpenAPI cannot state.
 #
@@ -87,10 +89,10 @@ curl -sf -o /dev/null --max-time 1 "$URL/healthz" || { echo "schemathesis.sh: $U
 
 echo "== schemathesis $("$ST" --version | awk '{print $NF}') against $URL: seed $SEED, $EXAMPLES examples per operation, all checks and phases"
 # The token is the only header given; --output-sanitize (on by default) masks it in the report.
-SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py \
+SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py HYPOTHESIS_STORAGE_DIRECTORY="$WORK/hypothesis" \
   timeout --foreground 900 "$ST" --config-file scripts/schemathesis.toml run openapi.yaml --url "$URL" \
   -H "Authorization: Bearer $TOKEN" \
   --checks all --phases examples,coverage,fuzzing,stateful \
   --seed "$SEED" --max-examples "$EXAMPLES" --generation-database none \
-  --workers 2 --request-timeout 30 --no-color \
+  --workers 1 --request-timeout 30 --no-color \
   --report junit --report-dir "$WORK/report"
