@@ -13,7 +13,7 @@
 //! - [`tombstones`]: the durable record of deletions.
 //! - [`warm`]: warm-up jobs: lists of blobs prefetched from the store into the cache.
 //! - [`metrics`]: the registry every module registers its own metrics in.
-//! - [`config`], [`app`]: configuration, start-up and shutdown.
+//! - [`config`], [`app`]: configuration, start-up and shutdown; [`logwriter`]: the log's batched output.
 //! - `alloc`: the global allocator (glibc's, reusing large freed blocks).
 //! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 //!
@@ -35,6 +35,7 @@ pub mod config;
 mod fsutil;
 pub mod http;
 pub mod key;
+pub mod logwriter;
 pub mod metrics;
 pub mod replication;
 pub mod store;

@@ -9,9 +9,10 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use std::sync::Arc;
+
 use super::error::ApiError;
-use crate::auth::{Caller, MetricsAccess, Scope};
+use crate::auth::{Auth, Caller, MetricsAccess, Scope};
 use crate::cluster::HOP;
 
 /// The scope a request needs, or `None` for an open one.
@@ -42,8 +43,7 @@ fn needed(method: &Method, path: &str, from_peer: bool, metrics: MetricsAccess) 
     }
 }
 
-pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let auth = &state.auth;
+pub async fn require(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
     let from_peer = req.headers().contains_key(HOP);
     let Some(scope) = needed(req.method(), req.uri().path(), from_peer, auth.config().metrics_access) else {
         return next.run(req).await;
