@@ -19,10 +19,10 @@ use std::sync::Mutex;
 const LARGE: usize = 1024 * 1024;
 
 /// The most freed blocks kept at once.
-const SLOTS: usize = 8;
+const SLOTS: usize = 4;
 
-/// The most bytes the kept blocks take together: eight 4 MiB chunks.
-pub const KEPT_BYTES: usize = 32 * 1024 * 1024;
+/// The most bytes the kept blocks take together: four 4 MiB chunks.
+pub const KEPT_BYTES: usize = 16 * 1024 * 1024;
 
 /// A kept block may be this much larger than the request it serves
 /// (a fraction of the request), so a small request does not pin a big block.
@@ -195,9 +195,9 @@ mod tests {
             }
             assert!(kept.bytes <= KEPT_BYTES);
         }
-        // Six 5 MiB blocks fit in 32 MiB; the other fourteen were freed.
-        assert_eq!(kept.bytes, 6 * 5 * MIB);
-        assert_eq!(freed.len(), 14);
+        // Three 5 MiB blocks fit in 16 MiB; the other seventeen were freed.
+        assert_eq!(kept.bytes, 3 * 5 * MIB);
+        assert_eq!(freed.len(), 17);
         let mut all: Vec<usize> = kept.blocks.iter().map(|b| b.0).filter(|a| *a != 0).collect();
         all.extend(&freed);
         all.sort();
