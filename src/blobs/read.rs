@@ -119,24 +119,29 @@ impl Reader {
     /// follows takes it (`read_remote`); nothing is asked if a fill of the
     /// blob is under way, or its first chunk is cached or asked for already,
     /// so each chunk is still read once. A store that answers at once asks nothing.
-    pub(super) fn prefetch(&self, key: &BlobKey) {
+    pub(super) fn prefetch(self: &Arc<Self>, key: &BlobKey) {
         if self.fills.lock().expect("fills lock").contains_key(key) || self.parts.cache.may_have_chunk(key, 0) {
             return;
         }
         let mut prefixes = self.prefixes.lock().expect("prefixes lock");
-        prefixes.retain(|_, p| p.asked.elapsed() < PREFIX_CLAIM);
         if prefixes.contains_key(key) {
             return;
         }
         let (store, k, len) = (self.parts.store.clone(), *key, self.parts.chunk_size());
         let answer = tokio::spawn(async move { store.get_prefix(&k, len).await });
-        prefixes.insert(
-            *key,
-            Prefix {
-                asked: Instant::now(),
-                answer,
-            },
-        );
+        let asked = Instant::now();
+        prefixes.insert(*key, Prefix { asked, answer });
+        // Unclaimed after a while: dropped, which closes its request.
+        let reader = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PREFIX_CLAIM).await;
+            if let Some(reader) = reader.upgrade() {
+                let mut prefixes = reader.prefixes.lock().expect("prefixes lock");
+                if prefixes.get(&k).is_some_and(|p| p.asked == asked) {
+                    prefixes.remove(&k);
+                }
+            }
+        });
     }
 
     /// The first chunk of `key` as `prefetch` asked for it, if it did and the store answered.
