@@ -9,10 +9,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use std::sync::Arc;
-
+use super::AppState;
 use super::error::ApiError;
-use crate::auth::{Auth, Caller, MetricsAccess, Scope};
+use crate::auth::{Caller, MetricsAccess, Scope};
 use crate::cluster::HOP;
 
 /// The scope a request needs, or `None` for an open one.
@@ -43,7 +42,8 @@ fn needed(method: &Method, path: &str, from_peer: bool, metrics: MetricsAccess) 
     }
 }
 
-pub async fn require(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &state.auth;
     let from_peer = req.headers().contains_key(HOP);
     let Some(scope) = needed(req.method(), req.uri().path(), from_peer, auth.config().metrics_access) else {
         return next.run(req).await;

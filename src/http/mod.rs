@@ -159,7 +159,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Inside the request log and ids, so refusals are logged and counted like any answer.
-        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::require))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(middleware)
         // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
         .layer(axum::middleware::from_fn_with_state(
