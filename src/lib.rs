@@ -13,7 +13,8 @@
 //! - [`tombstones`]: the durable record of deletions.
 //! - [`warm`]: warm-up jobs: lists of blobs prefetched from the store into the cache.
 //! - [`metrics`]: the registry every module registers its own metrics in.
-//! - [`config`], [`app`]: configuration, start-up and shutdown.
+//! - [`config`], [`app`]: configuration, start-up and shutdown; [`logwriter`]: the log's batched output.
+//! - `alloc`: the global allocator (glibc's, reusing large freed blocks).
 //! - [`client`]: the `put`/`get`/`stat`/`rm`/`warm` subcommands, a client of the HTTP API.
 //!
 //! Dependencies point one way: `app` and `config` at everything; `http` at
@@ -22,6 +23,7 @@
 //! `replication` at `store`; every module at `key`, `chunks`, `metrics`;
 //! `client` only at `key` (it speaks HTTP to a node).
 
+mod alloc;
 pub mod app;
 pub mod auth;
 pub mod blobs;
@@ -33,6 +35,7 @@ pub mod config;
 mod fsutil;
 pub mod http;
 pub mod key;
+pub mod logwriter;
 pub mod metrics;
 mod reload;
 pub mod replication;

@@ -57,7 +57,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Log to stdout through a writer thread, so a request never waits on a
-/// `write(2)` of its log line; colour only when stdout is a terminal. The
+/// `write(2)` of its log line, and that thread writes lines in batches;
+/// colour only when stdout is a terminal. The
 /// guard flushes what is queued when it drops, at exit.
 fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
@@ -66,7 +67,7 @@ fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
     // Not lossy: under a flood of requests the writer slows them rather than drop lines.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(blobcache::logwriter::Batched::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

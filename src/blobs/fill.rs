@@ -213,22 +213,35 @@ impl Reader {
                 async move { svc.chunk(&origin, i, publish).await }
             })
             .buffered(READAHEAD);
-        let mut hasher = Md5::new();
-        let mut digests = Vec::with_capacity(n as usize);
+        // The chunks are hashed in order on a task of their own, so the loop
+        // below hands each one over and at once starts the next read ahead
+        // (a read started only once the chunk before it was hashed left the
+        // store idle for the hash's time, about 10 ms a chunk).
+        let (feed, mut fed) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let marks = tx.clone();
+        let hashing = tokio::spawn(async move {
+            let mut hasher = Md5::new();
+            let mut digests = Vec::with_capacity(n as usize);
+            while let Some(bytes) = fed.recv().await {
+                let digest;
+                (hasher, digest) = hash_off_thread(hasher, bytes).await;
+                let done = digests.len() as u32;
+                digests.push(digest);
+                // Readers still inside this chunk go on from the cache.
+                marks.send_modify(|s| {
+                    s.arriving.remove(&done);
+                    s.done = done + 1;
+                });
+            }
+            (hasher, digests)
+        });
         let mut result = Ok(());
-        let mut done = 0u32;
         while let Some(part) = parts.next().await {
             match part {
                 Ok(bytes) => {
-                    let digest;
-                    (hasher, digest) = hash_off_thread(hasher, bytes).await;
-                    digests.push(digest);
-                    // Readers still inside this chunk go on from the cache.
-                    tx.send_modify(|s| {
-                        s.arriving.remove(&done);
-                        s.done = done + 1;
-                    });
-                    done += 1;
+                    if feed.send(bytes).await.is_err() {
+                        break;
+                    }
                 }
                 Err(e) => {
                     result = Err(e);
@@ -236,6 +249,8 @@ impl Reader {
                 }
             }
         }
+        drop(feed);
+        let (hasher, digests) = hashing.await.expect("hash task");
         drop(parts);
         tx.send_modify(|s| s.arriving.clear());
         let mut verified = None;

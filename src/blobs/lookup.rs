@@ -93,6 +93,16 @@ impl Lookup {
 
     /// Find a blob along the chain, as far as `reach` allows.
     pub(super) async fn find(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
+        self.find_then(key, reach, None).await
+    }
+
+    /// `find`, calling `at_store` just before the store is asked.
+    pub(super) async fn find_then(
+        &self,
+        key: &BlobKey,
+        reach: Reach,
+        at_store: Option<&(dyn Fn(&BlobKey) + Send + Sync)>,
+    ) -> Result<Found, BlobError> {
         let found = |size, location| {
             Ok(Found {
                 key: *key,
@@ -122,6 +132,9 @@ impl Lookup {
                 Ok(None) => return Err(BlobError::NotFound),
                 Err(e) => tracing::debug!(%key, error = %e, "the owner could not be asked; reading on without it"),
             }
+        }
+        if let Some(at_store) = at_store {
+            at_store(key);
         }
         let stored = self.store_size(key).await;
         if let (Err(e), Some(cluster)) = (&stored, cluster)

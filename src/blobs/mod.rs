@@ -160,6 +160,20 @@ impl BlobService {
     /// spool, owner, store, other peers. Counted as a hit, a miss or not found.
     pub async fn open(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
         let found = self.lookup.find(key, reach).await;
+        self.counted(found)
+    }
+
+    /// `open` for a GET of the whole blob: if the lookup goes as far as the
+    /// store, the blob's first chunk is asked for alongside its size, so that
+    /// a cold read waits for one round trip to the store, not two.
+    pub async fn open_whole(&self, key: &BlobKey, reach: Reach) -> Result<Found, BlobError> {
+        let reader = self.reader.clone();
+        let prefetch = move |k: &BlobKey| reader.prefetch(k);
+        let found = self.lookup.find_then(key, reach, Some(&prefetch)).await;
+        self.counted(found)
+    }
+
+    fn counted(&self, found: Result<Found, BlobError>) -> Result<Found, BlobError> {
         match &found {
             Ok(f) => self.count(f.source()),
             Err(BlobError::NotFound) => self.parts.stats.not_found.inc(),

@@ -7,11 +7,13 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream;
 use tokio::sync::{OnceCell, watch};
+use tokio::task::JoinHandle;
 
 use super::fill::{FillState, PUBLISH_BYTES};
 use super::{BlobError, BodyStream, Found, Location, Parts};
@@ -19,6 +21,7 @@ use crate::chunks::{self, Digests};
 use crate::cluster::PeerBlob;
 use crate::key::BlobKey;
 use crate::replication::{SpoolBlob, SpoolError};
+use crate::store::{ByteStream, StoreError};
 
 /// Chunks fetched ahead of the one being sent, per reader.
 pub(super) const READAHEAD: usize = 4;
@@ -26,11 +29,38 @@ pub(super) const READAHEAD: usize = 4;
 /// Receives a chunk's bytes as they arrive from the store.
 pub(super) type Publish = Box<dyn FnMut(Vec<Bytes>) + Send>;
 
+/// How long a first chunk requested alongside a lookup waits to be claimed
+/// (the lookup was for a HEAD, a range, a 304, or a blob that is not there).
+const PREFIX_CLAIM: Duration = Duration::from_secs(5);
+
 /// The read side of the service.
 #[derive(Debug)]
 pub(super) struct Reader {
     pub(super) parts: Arc<Parts>,
     pub(super) fills: Mutex<HashMap<BlobKey, Arc<watch::Sender<FillState>>>>,
+    /// First chunks requested from the store alongside a cold read's lookup.
+    prefixes: Mutex<HashMap<BlobKey, Prefix>>,
+}
+
+/// A blob's first chunk, requested from the store before its size was known.
+struct Prefix {
+    asked: Instant,
+    answer: JoinHandle<Option<Result<ByteStream, StoreError>>>,
+}
+
+impl std::fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefix")
+            .field("asked", &self.asked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        // Unclaimed: close the request rather than leave its body unread.
+        self.answer.abort();
+    }
 }
 
 /// What one read knows about where a lost chunk can be read again. The
@@ -79,7 +109,46 @@ impl Reader {
         Reader {
             parts,
             fills: Mutex::default(),
+            prefixes: Mutex::default(),
         }
+    }
+
+    /// Ask the store for the first chunk of `key` now, alongside the lookup
+    /// that is about to ask it for the blob's size, so a cold read waits for
+    /// one round trip to the store instead of two. The read of chunk 0 that
+    /// follows takes it (`read_remote`); nothing is asked if a fill of the
+    /// blob is under way, or its first chunk is cached or asked for already,
+    /// so each chunk is still read once. A store that answers at once asks nothing.
+    pub(super) fn prefetch(self: &Arc<Self>, key: &BlobKey) {
+        if self.fills.lock().expect("fills lock").contains_key(key) || self.parts.cache.may_have_chunk(key, 0) {
+            return;
+        }
+        let mut prefixes = self.prefixes.lock().expect("prefixes lock");
+        if prefixes.contains_key(key) {
+            return;
+        }
+        let (store, k, len) = (self.parts.store.clone(), *key, self.parts.chunk_size());
+        let answer = tokio::spawn(async move { store.get_prefix(&k, len).await });
+        let asked = Instant::now();
+        prefixes.insert(*key, Prefix { asked, answer });
+        // Unclaimed after a while: dropped, which closes its request.
+        let reader = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PREFIX_CLAIM).await;
+            if let Some(reader) = reader.upgrade() {
+                let mut prefixes = reader.prefixes.lock().expect("prefixes lock");
+                if prefixes.get(&k).is_some_and(|p| p.asked == asked) {
+                    prefixes.remove(&k);
+                }
+            }
+        });
+    }
+
+    /// The first chunk of `key` as `prefetch` asked for it, if it did and the store answered.
+    async fn take_prefix(&self, key: &BlobKey) -> Option<Result<ByteStream, StoreError>> {
+        let mut prefix = self.prefixes.lock().expect("prefixes lock").remove(key)?;
+        // The task ends with its answer (or `None`); only dropping the prefix aborts it.
+        (&mut prefix.answer).await.ok().flatten()
     }
 
     pub(super) async fn read(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<BodyStream, BlobError> {
@@ -275,9 +344,15 @@ impl Reader {
             },
             _ => None,
         };
-        let mut body: BodyStream = match from_peer {
-            Some(stream) => stream,
-            None => self
+        let prefix = match (&from_peer, range.start) {
+            // A first chunk asked for alongside the lookup; if that request failed, ask again.
+            (None, 0) => self.take_prefix(&key).await.and_then(Result::ok),
+            _ => None,
+        };
+        let mut body: BodyStream = match (from_peer, prefix) {
+            (Some(stream), _) => stream,
+            (None, Some(stream)) => stream.map(|r| r.map_err(BlobError::from)).boxed(),
+            (None, None) => self
                 .parts
                 .store
                 .get(&key, range)

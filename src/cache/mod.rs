@@ -296,6 +296,11 @@ impl BlobCache {
         let _ = self.hybrid.memory().get(&entry);
     }
 
+    /// Whether the cache may hold a chunk (memory, or by the disk tier's index).
+    pub fn may_have_chunk(&self, key: &BlobKey, index: u32) -> bool {
+        self.hybrid.contains(&EntryKey::Chunk(*key, index))
+    }
+
     pub fn insert_chunk(&self, key: &BlobKey, index: u32, bytes: Bytes) {
         self.hybrid.insert(EntryKey::Chunk(*key, index), bytes);
     }

@@ -82,6 +82,11 @@ fn pending(state: &AppState, opened: &Found) -> bool {
     }
 }
 
+/// Whether a GET wants the whole body whatever the blob (no range, no validator).
+fn whole_body(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::RANGE) && !headers.contains_key(header::IF_NONE_MATCH)
+}
+
 /// How far a read looks: a request a peer forwarded never goes to a peer again.
 fn reach(headers: &HeaderMap) -> Reach {
     match Hop::of(headers) {
@@ -113,6 +118,7 @@ pub async fn get_blob(
                 None => state.blobs.open(&key, Reach::Everywhere).await?,
             },
         },
+        None if whole_body(&req_headers) => state.blobs.open_whole(&key, reach(&req_headers)).await?,
         None => state.blobs.open(&key, reach(&req_headers)).await?,
     };
     let size = opened.size;

@@ -9,7 +9,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
-use super::AppState;
 use crate::metrics;
 
 #[derive(Debug, Clone)]
@@ -41,13 +40,12 @@ impl HttpMetrics {
 }
 
 /// Middleware: count each request and time it to its response headers.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Its state is the metrics alone: the whole `AppState` is a dozen reference
+/// counts to take and drop per request.
+pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     let method: &'static str = match req.method().as_str() {
         "GET" => "GET",
         "HEAD" => "HEAD",
@@ -57,12 +55,11 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         _ => "other",
     };
     let resp = next.run(req).await;
-    let m = &state.http_metrics;
     m.requests
-        .with_label_values(&[&route, method, resp.status().as_str()])
+        .with_label_values(&[route, method, resp.status().as_str()])
         .inc();
     m.latency
-        .with_label_values(&[&route, method])
+        .with_label_values(&[route, method])
         .observe(started.elapsed().as_secs_f64());
     resp
 }

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::blobs::BlobService;
@@ -56,15 +56,44 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// New request ids: random UUIDs (version 4) from the thread's generator.
+/// (`MakeRequestUuid` asks the kernel for every id: a `getrandom(2)` per request.)
+#[derive(Clone, Copy, Debug)]
+struct RandomId;
+
+impl MakeRequestId for RandomId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        Some(RequestId::new(uuid_v4(rand::random())))
+    }
+}
+
+/// `bits` as a version 4 UUID in its text form.
+fn uuid_v4(bits: u128) -> axum::http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The version (4) and variant (10) bits.
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut text = [0u8; 36];
+    let mut nibble = 32;
+    for (i, c) in text.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *c = b'-';
+        } else {
+            nibble -= 1;
+            *c = HEX[((bits >> (4 * nibble)) & 0xf) as usize];
+        }
+    }
+    axum::http::HeaderValue::from_bytes(&text).expect("hex digits and dashes")
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let access_log = state.http.access_log;
     let middleware = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomId))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+                    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
                     let id = req
                         .headers()
                         .get(REQUEST_ID)
@@ -133,6 +162,22 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(middleware)
         // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.http_metrics.clone(),
+            metrics::track,
+        ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = super::uuid_v4(u128::MAX);
+        assert_eq!(id.to_str().unwrap(), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let id = super::uuid_v4(0);
+        assert_eq!(id.to_str().unwrap(), "00000000-0000-4000-8000-000000000000");
+        let id = super::uuid_v4(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(id.to_str().unwrap(), "01234567-89ab-4def-8123-456789abcdef");
+    }
 }

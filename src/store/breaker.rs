@@ -188,6 +188,13 @@ impl Store for Breaker {
         self.call(self.inner.get(key, range)).await
     }
 
+    /// Not asked while the circuit is open; its outcome is not recorded (the
+    /// `head` it goes alongside is).
+    async fn get_prefix(&self, key: &BlobKey, len: u64) -> Option<Result<ByteStream, StoreError>> {
+        self.admit().ok()?;
+        self.inner.get_prefix(key, len).await
+    }
+
     fn part_size(&self, size: u64) -> Option<u64> {
         self.inner.part_size(size)
     }

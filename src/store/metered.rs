@@ -86,6 +86,17 @@ impl Metered {
         }
         r
     }
+
+    /// A body stream whose bytes and errors are counted.
+    fn counted(&self, stream: ByteStream) -> ByteStream {
+        let (bytes_read, errors) = (self.c.bytes_read.clone(), self.c.errors.clone());
+        stream
+            .inspect(move |item| match item {
+                Ok(b) => bytes_read.inc_by(b.len() as u64),
+                Err(_) => errors.inc(),
+            })
+            .boxed()
+    }
 }
 
 #[async_trait]
@@ -102,13 +113,18 @@ impl Store for Metered {
         let started = Instant::now();
         let r = self.inner.get(key, range).await;
         let stream = self.finish("get", started, r)?;
-        let (bytes_read, errors) = (self.c.bytes_read.clone(), self.c.errors.clone());
-        Ok(stream
-            .inspect(move |item| match item {
-                Ok(b) => bytes_read.inc_by(b.len() as u64),
-                Err(_) => errors.inc(),
-            })
-            .boxed())
+        Ok(self.counted(stream))
+    }
+
+    async fn get_prefix(&self, key: &BlobKey, len: u64) -> Option<Result<ByteStream, StoreError>> {
+        let started = Instant::now();
+        let r = self.inner.get_prefix(key, len).await?;
+        self.c.gets.inc();
+        let stream = match self.finish("get", started, r) {
+            Ok(stream) => stream,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(self.counted(stream)))
     }
 
     fn part_size(&self, size: u64) -> Option<u64> {

@@ -99,6 +99,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Stream `range` of a blob. The range lies within the blob (callers know its size).
     async fn get(&self, key: &BlobKey, range: Range<u64>) -> Result<ByteStream, StoreError>;
 
+    /// Start reading a blob's first `len` bytes (all of it, if it is
+    /// shorter) before its size is known, alongside `head`: a cold read then
+    /// waits for one round trip to the store, not two. `None` (the default)
+    /// from a store that answers at once, where there is nothing to save.
+    /// The stream yields exactly the blob's first min(`len`, size) bytes.
+    async fn get_prefix(&self, _key: &BlobKey, _len: u64) -> Option<Result<ByteStream, StoreError>> {
+        None
+    }
+
     /// How an upload of `size` bytes is cut into parts: the length of each
     /// part (the last may be shorter), or `None` when it goes up in one piece.
     fn part_size(&self, _size: u64) -> Option<u64> {

@@ -2,8 +2,8 @@
 //! the API, uploads, cold reads, coalescing and partial fills.
 
 use crate::common::s3_nodes::*;
-use crate::common::s3_server::{Fault, S3Server};
-use crate::common::{CHUNK, TestApp, assert_error, data};
+use crate::common::s3_server::{Fault, Pace, S3Server};
+use crate::common::{CHUNK, TestApp, assert_error, data, eventually};
 use blobcache::key::BlobKey;
 use bytesize::ByteSize;
 
@@ -239,6 +239,83 @@ async fn a_cold_read_streams_to_every_client_as_the_bytes_arrive() {
     }
     let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
     assert_eq!(gets.len(), 3, "one read per chunk: {gets:?}");
+}
+
+/// With a store that takes a while to answer each request (as S3 does over a
+/// network), a cold read asks for several chunks at once, still reads each
+/// chunk once, and still checks the whole blob against its key.
+#[tokio::test]
+async fn a_cold_read_of_a_slow_store_reads_chunks_in_parallel_once_each() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let bytes = data(5 * CHUNK + 17, 15);
+    let key = s3.put_object(&bytes).await;
+    let mut bad = data(3 * CHUNK, 16);
+    let bad_key = BlobKey::of(&bad);
+    bad[2 * CHUNK + 1] ^= 1;
+    s3.put_object_as(&bad_key, &bad).await;
+    s3.clear_log();
+    s3.pace(Pace {
+        latency: std::time::Duration::from_millis(100),
+        bandwidth: 64 * 1024 * 1024,
+    });
+
+    let resp = a.get(&key).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap() == bytes);
+    let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
+    assert_eq!(gets.len(), 6, "one read per chunk: {gets:?}");
+    assert_eq!(gets.iter().map(|g| g.bytes).sum::<u64>(), bytes.len() as u64);
+    assert!(
+        s3.most_concurrent_gets() >= 2,
+        "chunks are read in parallel: at most {} at once",
+        s3.most_concurrent_gets()
+    );
+    a.cached(&key).await;
+
+    // A damaged object read the same way is cut short and never cached.
+    let resp = a.get(&bad_key).await;
+    if resp.status() == 200 {
+        let body = resp.bytes().await;
+        assert!(
+            body.is_err() || body.unwrap().len() < bad.len(),
+            "the response was cut short"
+        );
+    }
+    assert!(!a.is_cached(&bad_key).await, "not cached");
+}
+
+/// A cold GET asks for the first chunk alongside the lookup of the blob's
+/// size (one round trip to S3 before the first byte, not two), and that read
+/// is the chunk's only one. A HEAD, a range or a cached first chunk ask for nothing.
+#[tokio::test]
+async fn a_cold_read_asks_for_its_first_chunk_without_waiting_for_the_lookup() {
+    let s3 = S3Server::start().await;
+    let a = node(&s3).await;
+    let bytes = data(2 * CHUNK + 3, 17);
+    let key = s3.put_object(&bytes).await;
+    s3.clear_log();
+    let object = S3Server::object_path(&key);
+    s3.fail(move |m, u| m == http::Method::HEAD && u.path() == object, Fault::Hold);
+    let (client, url) = (a.client.clone(), a.blob_url(&key));
+    let get = tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() });
+    eventually("the first chunk to be read while the lookup waits", || {
+        s3.held() == 1 && s3.requests().iter().any(is_object_get)
+    })
+    .await;
+    s3.release();
+    assert!(get.await.unwrap() == bytes);
+    let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
+    assert_eq!(gets.len(), 3, "one read per chunk: {gets:?}");
+    assert_eq!(gets.iter().map(|g| g.bytes).sum::<u64>(), bytes.len() as u64);
+
+    s3.heal();
+    let other = s3.put_object(&data(CHUNK + 1, 18)).await;
+    s3.clear_log();
+    assert_eq!(a.client.head(a.blob_url(&other)).send().await.unwrap().status(), 200);
+    assert_eq!(a.get_range(&other, "bytes=1-2").await.status(), 206);
+    let gets: Vec<_> = s3.requests().into_iter().filter(is_object_get).collect();
+    assert_eq!(gets.len(), 1, "only the range's chunk was read: {gets:?}");
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use futures::{StreamExt, stream};
 use std::path::Path;
@@ -180,6 +181,54 @@ impl S3Store {
         Ok(found)
     }
 
+    /// GetObject of bytes `first..=last`; the body is still to be read.
+    async fn get_bytes(&self, key: &BlobKey, first: u64, last: u64) -> Result<GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .range(format!("bytes={first}-{last}"))
+            .customize()
+            .config_override(self.answer_limits())
+            .send()
+            .await
+            .map_err(|e| self.error("GetObject", Some(key), e))
+    }
+
+    /// A GetObject's body as a stream, each wait for more of it bounded (the
+    /// answer came in time; a body that stalls must not hold a read forever).
+    fn body_stream(&self, key: &BlobKey, body: aws_sdk_s3::primitives::ByteStream) -> ByteStream {
+        let idle = self.timeout;
+        let key = *key;
+        let place = self.place.clone();
+        stream::unfold(Some(body), move |body| {
+            let place = place.clone();
+            async move {
+                let mut body = body?;
+                match tokio::time::timeout(idle, body.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
+                    Ok(Some(Err(e))) => Some((
+                        Err(StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            format!("S3 GetObject of {key} in {place}: the body broke off"),
+                        )
+                        .with_source(e)),
+                        None,
+                    )),
+                    Err(_) => Some((
+                        Err(StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            format!("S3 GetObject of {key} in {place}: no data for {idle:?}"),
+                        )),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed()
+    }
+
     /// Limits for a request answered without a large body going up.
     fn answer_limits(&self) -> aws_sdk_s3::config::Builder {
         time_limits(self.timeout)
@@ -274,17 +323,7 @@ impl Store for S3Store {
         if want == 0 {
             return Ok(stream::empty().boxed());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .customize()
-            .config_override(self.answer_limits())
-            .send()
-            .await
-            .map_err(|e| self.error("GetObject", Some(key), e))?;
+        let out = self.get_bytes(key, range.start, range.end - 1).await?;
         let got = out.content_length().unwrap_or(-1);
         if got != want as i64 {
             return Err(StoreError::new(
@@ -295,37 +334,30 @@ impl Store for S3Store {
                 ),
             ));
         }
-        // The answer came in time; now bound each wait for more of the body.
-        let idle = self.timeout;
-        let key = *key;
-        let place = self.place.clone();
-        let body = out.body;
-        Ok(stream::unfold(Some(body), move |body| {
-            let place = place.clone();
-            async move {
-                let mut body = body?;
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(None) => None,
-                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
-                    Ok(Some(Err(e))) => Some((
-                        Err(StoreError::new(
-                            StoreErrorKind::Unavailable,
-                            format!("S3 GetObject of {key} in {place}: the body broke off"),
-                        )
-                        .with_source(e)),
-                        None,
-                    )),
-                    Err(_) => Some((
-                        Err(StoreError::new(
-                            StoreErrorKind::Unavailable,
-                            format!("S3 GetObject of {key} in {place}: no data for {idle:?}"),
-                        )),
-                        None,
-                    )),
-                }
-            }
-        })
-        .boxed())
+        Ok(self.body_stream(key, out.body))
+    }
+
+    /// One GetObject for the first `len` bytes. S3 answers a range that runs
+    /// past the end with the bytes there are.
+    async fn get_prefix(&self, key: &BlobKey, len: u64) -> Option<Result<ByteStream, StoreError>> {
+        if len == 0 {
+            return None;
+        }
+        let out = match self.get_bytes(key, 0, len - 1).await {
+            Ok(out) => out,
+            Err(e) => return Some(Err(e)),
+        };
+        let got = out.content_length().unwrap_or(-1);
+        if !(0..=len as i64).contains(&got) {
+            return Some(Err(StoreError::new(
+                StoreErrorKind::Permanent,
+                format!(
+                    "S3 GetObject of {key} bytes 0..{len} in {} returned {got} bytes",
+                    self.place
+                ),
+            )));
+        }
+        Some(Ok(self.body_stream(key, out.body)))
     }
 
     fn part_size(&self, size: u64) -> Option<u64> {

@@ -1,7 +1,8 @@
 //! A real S3-protocol server for tests: s3s-fs over a temporary directory,
 //! served over HTTP on 127.0.0.1:0 in this process. It records every request
-//! it answers, can be stopped and started again on the same port, and can be
-//! told to fail chosen requests the way a real S3 fails.
+//! it answers, can be stopped and started again on the same port, can be
+//! told to fail chosen requests the way a real S3 fails, and can answer at
+//! S3's pace (a first-byte latency and a bandwidth per connection).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,17 @@ pub enum Fault {
     WrongRegion(&'static str),
 }
 
+/// How fast the server answers, as a real S3 does over a network: each answer
+/// waits `latency` before its first byte, and each response body goes out at
+/// no more than `bandwidth` bytes per second (an HTTP/1 connection carries one
+/// answer at a time, so this is the bandwidth of one connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pace {
+    pub latency: Duration,
+    /// Bytes per second; 0 is unlimited.
+    pub bandwidth: u64,
+}
+
 type Matcher = Box<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 
 type Body = http_body_util::combinators::BoxBody<bytes::Bytes, s3s::StdError>;
@@ -64,6 +76,10 @@ struct Shared {
     held: std::sync::atomic::AtomicUsize,
     fault: Mutex<Option<(Matcher, Fault)>>,
     released: tokio::sync::watch::Sender<bool>,
+    pace: Mutex<Pace>,
+    /// GETs being answered now (until their head goes out), and the most at once.
+    gets: std::sync::atomic::AtomicUsize,
+    most_gets: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Shared {
@@ -73,6 +89,9 @@ impl Default for Shared {
             held: Default::default(),
             fault: Mutex::default(),
             released: tokio::sync::watch::Sender::new(false),
+            pace: Mutex::default(),
+            gets: Default::default(),
+            most_gets: Default::default(),
         }
     }
 }
@@ -180,6 +199,17 @@ impl S3Server {
             move |m, u| m == http::Method::GET && u.path() == path,
             Fault::Stall(after),
         );
+    }
+
+    /// Answer at this pace from now on (`Pace::default()`: at once, unthrottled).
+    pub fn pace(&self, pace: Pace) {
+        *self.shared.pace.lock().unwrap() = pace;
+    }
+
+    /// The most GETs the server was answering at once (each counted from its
+    /// arrival until its head goes out, which a `Pace` latency delays).
+    pub fn most_concurrent_gets(&self) -> usize {
+        self.shared.most_gets.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Let stalled and held answers (`Fault::Stall`, `Fault::Hold`) go on.
@@ -317,6 +347,13 @@ async fn answer(
         status: 0,
         bytes: 0,
     };
+    let started = tokio::time::Instant::now();
+    let get = req.method() == http::Method::GET;
+    if get {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.gets.fetch_add(1, SeqCst) + 1;
+        shared.most_gets.fetch_max(now, SeqCst);
+    }
     let fault = {
         let fault = shared.fault.lock().unwrap();
         fault
@@ -363,6 +400,11 @@ async fn answer(
         }
         None => service.call(req.map(s3s::Body::from)).await?.map(|b| b.boxed()),
     };
+    let pace = *shared.pace.lock().unwrap();
+    let resp = paced(resp, pace, started).await;
+    if get {
+        shared.gets.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
     seen.status = resp.status().as_u16();
     seen.bytes = resp
         .headers()
@@ -372,4 +414,38 @@ async fn answer(
         .unwrap_or(0);
     shared.log.lock().unwrap().push(seen);
     Ok(resp)
+}
+
+/// How far ahead of its pace a body may run before it waits.
+const PACE_SLACK: Duration = Duration::from_millis(2);
+
+/// `resp` at `pace`: its head no sooner than `latency` after the request came
+/// in, then its body at no more than `bandwidth`, frame by frame.
+async fn paced(resp: http::Response<Body>, pace: Pace, started: tokio::time::Instant) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+    tokio::time::sleep_until(started + pace.latency).await;
+    if pace.bandwidth == 0 {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bandwidth = pace.bandwidth as f64;
+    let frames = futures::stream::unfold((body, None, 0u64), move |(mut body, mut begun, sent)| async move {
+        let frame = body.frame().await?;
+        let begun = *begun.get_or_insert_with(tokio::time::Instant::now);
+        let sent = sent
+            + frame
+                .as_ref()
+                .ok()
+                .and_then(|f| f.data_ref())
+                .map_or(0, |d| d.len() as u64);
+        // Each frame leaves when the bytes up to its end are due, give or take
+        // a few milliseconds: a timer per 4 KiB frame would cost more CPU than
+        // the server itself.
+        let due = begun + Duration::from_secs_f64(sent as f64 / bandwidth);
+        if due > tokio::time::Instant::now() + PACE_SLACK {
+            tokio::time::sleep_until(due).await;
+        }
+        Some((frame, (body, Some(begun), sent)))
+    });
+    http::Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed())
 }
