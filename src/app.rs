@@ -12,7 +12,7 @@ use crate::blobs::{BlobService, catch_up};
 use crate::cache::BlobCache;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::http::{self, AppState, HttpMetrics};
+use crate::http::{self, AppState, HttpMetrics, Modules};
 use crate::replication::{Backoff, Replicator, Spool};
 use crate::store::{self, Breaker, Metered, Store};
 use crate::tombstones::Tombstones;
@@ -120,7 +120,7 @@ impl App {
         if config.auth.tokens.is_some() {
             tracing::info!(tokens = auth.len(), anonymous = ?config.auth.anonymous, "tokens loaded");
         }
-        let state = AppState {
+        let state = AppState::new(Modules {
             blobs,
             auth,
             cache,
@@ -137,7 +137,7 @@ impl App {
             http: config.http.clone(),
             warm,
             registry,
-        };
+        });
         Ok(App {
             config,
             state,
@@ -196,7 +196,7 @@ impl App {
         let grace = config.shutdown_grace;
         tracing::info!(addr = %listener.local_addr()?, store = %config.store.store, write_mode = ?config.blobs.write_mode, "blobcache listening");
         let registry = state.registry.clone();
-        let app = http::router(state);
+        let app = http::service(state);
         let signal = shutting_down.clone();
         tokio::spawn(async move {
             shutdown.await;

@@ -68,6 +68,10 @@ fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(blobcache::logwriter::Batched::stdout());
+    if !ansi {
+        // Request lines are written by the HTTP layer itself, to the same writer.
+        blobcache::http::access_log::install(config.log_format, writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus::Registry;
 
@@ -51,6 +52,14 @@ use stats::BlobStats;
 
 /// A stream of body bytes.
 pub type BodyStream = BoxStream<'static, Result<Bytes, BlobError>>;
+
+/// The bytes of a read.
+pub enum Read {
+    /// All of them, checked: they were ready in one piece (a blob or range within one chunk, cached).
+    Whole(Bytes),
+    /// As they come.
+    Stream(BodyStream),
+}
 
 /// The answer of `GET /blobs/{md5}/status`.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -221,6 +230,14 @@ impl BlobService {
     /// back here; one after it ends the stream with an error, so the response
     /// is cut short, never finished as if it were good.
     pub async fn read(&self, found: Found, range: std::ops::Range<u64>) -> Result<BodyStream, BlobError> {
+        Ok(match self.reader.read(found, range).await? {
+            Read::Whole(bytes) => futures::stream::once(async move { Ok(bytes) }).boxed(),
+            Read::Stream(stream) => stream,
+        })
+    }
+
+    /// `read`, with the bytes at once when they are ready at once.
+    pub async fn read_body(&self, found: Found, range: std::ops::Range<u64>) -> Result<Read, BlobError> {
         self.reader.read(found, range).await
     }
 

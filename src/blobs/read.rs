@@ -16,7 +16,7 @@ use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
 use super::fill::{FillState, PUBLISH_BYTES};
-use super::{BlobError, BodyStream, Found, Location, Parts};
+use super::{BlobError, BodyStream, Found, Location, Parts, Read};
 use crate::chunks::{self, Digests};
 use crate::cluster::PeerBlob;
 use crate::key::BlobKey;
@@ -151,24 +151,44 @@ impl Reader {
         (&mut prefix.answer).await.ok().flatten()
     }
 
-    pub(super) async fn read(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<BodyStream, BlobError> {
+    pub(super) async fn read(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<Read, BlobError> {
         let bytes_out = self.parts.stats.bytes_out.clone();
+        let want = range.end - range.start;
+        // A cached range within one chunk (every small blob): that chunk, with no stream around it.
+        let cs = self.parts.chunk_size();
+        if let Location::Cache(meta) = &found.location
+            && want > 0
+            && let chunks = chunks::covering(&range, cs)
+            && chunks.len() == 1
+        {
+            let origin = Origin::new(found.key, found.size, Some(meta.digests.clone()), None);
+            let chunk = self.chunk(&origin, chunks.start, None).await?;
+            bytes_out.inc_by(want);
+            return Ok(Read::Whole(chunk.slice(chunks::slice_within(chunks.start, &range, cs))));
+        }
         let mut stream = self.read_uncounted(found, range).await?;
         // Wait for the first bytes before answering: a store that fails at once
         // (or a one-chunk blob that fails its check) gets an error status, not a
         // 200 that breaks off.
         let stream = match stream.next().await {
             Some(Err(e)) => return Err(e),
+            // All of it, checked: a small blob's answer needs no stream.
+            Some(Ok(first)) if first.len() as u64 == want => {
+                bytes_out.inc_by(want);
+                return Ok(Read::Whole(first));
+            }
             Some(Ok(first)) => stream::once(async move { Ok(first) }).chain(stream).boxed(),
             None => stream,
         };
-        Ok(stream
-            .inspect(move |part| {
-                if let Ok(bytes) = part {
-                    bytes_out.inc_by(bytes.len() as u64);
-                }
-            })
-            .boxed())
+        Ok(Read::Stream(
+            stream
+                .inspect(move |part| {
+                    if let Ok(bytes) = part {
+                        bytes_out.inc_by(bytes.len() as u64);
+                    }
+                })
+                .boxed(),
+        ))
     }
 
     async fn read_uncounted(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<BodyStream, BlobError> {

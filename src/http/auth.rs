@@ -6,9 +6,8 @@
 //! `--tls-client-ca`, a connection that showed no client certificate reaches
 //! the probes only.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -45,35 +44,36 @@ fn needed(method: &Method, path: &str, from_peer: bool, metrics: MetricsAccess) 
     }
 }
 
-pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The answer refusing `req`, or `None` when it may go on.
+pub fn check(state: &AppState, req: &Request) -> Option<Response> {
     let auth = &state.auth;
     let path = req.uri().path();
     if let Some(ClientCertificate { verified: false }) = req.extensions().get::<ClientCertificate>()
         && path != "/healthz"
         && path != "/readyz"
     {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "client_certificate_required",
-            "this node asks for a client certificate (--tls-client-ca) and the connection showed none",
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "client_certificate_required",
+                "this node asks for a client certificate (--tls-client-ca) and the connection showed none",
+            )
+            .into_response(),
+        );
     }
     let from_peer = req.headers().contains_key(HOP);
-    let Some(scope) = needed(req.method(), req.uri().path(), from_peer, auth.config().metrics_access) else {
-        return next.run(req).await;
-    };
+    let scope = needed(req.method(), path, from_peer, auth.config().metrics_access)?;
     let caller = match auth.identify(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
         Ok(caller) => caller,
         Err(refused) => {
             tracing::info!(reason = %refused, "credential refused");
-            return unauthorized(&refused.to_string());
+            return Some(unauthorized(&refused.to_string()));
         }
     };
     if auth.allows(&caller, scope) {
-        return next.run(req).await;
+        return None;
     }
-    match caller {
+    Some(match caller {
         Caller::Anonymous => unauthorized(&format!("this request needs a token with the {} scope", scope.name())),
         Caller::Token { name, .. } => {
             tracing::info!(token = %name, scope = scope.name(), "token lacks the scope");
@@ -84,7 +84,7 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
             )
             .into_response()
         }
-    }
+    })
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures::StreamExt;
@@ -11,12 +11,12 @@ use futures::StreamExt;
 use super::AppState;
 use super::error::{ApiError, PathParam};
 use super::range::{self, RangeRequest};
-use crate::blobs::{BlobStatus, Deleted, Found, Location, PutRequest, Reach, Source};
+use crate::blobs::{BlobStatus, Deleted, Found, Location, PutRequest, Reach, Read, Source};
 use crate::cluster::{ForwardedPut, Hop};
 use crate::key::BlobKey;
 
-const X_CACHE: &str = "x-cache";
-const DURABILITY: &str = "x-blob-durability";
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const DURABILITY: HeaderName = HeaderName::from_static("x-blob-durability");
 
 fn parse_key(raw: &str) -> Result<BlobKey, ApiError> {
     raw.parse().map_err(|_| ApiError::invalid_key(raw))
@@ -26,8 +26,18 @@ fn etag(key: &BlobKey) -> String {
     format!("\"{key}\"")
 }
 
+/// The ETag as a header value, without `format!`'s machinery (it is on every hit).
+fn etag_value(key: &BlobKey) -> HeaderValue {
+    let mut quoted = [b'"'; 34];
+    hex::encode_to_slice(key.as_bytes(), &mut quoted[1..33]).expect("32 hex digits");
+    HeaderValue::from_bytes(&quoted).expect("quoted hex")
+}
+
 /// Whether an `If-None-Match` list names this blob (weak comparison, `*` included).
 fn none_match(headers: &HeaderMap, key: &BlobKey) -> bool {
+    if !headers.contains_key(header::IF_NONE_MATCH) {
+        return false;
+    }
     let ours = key.to_string();
     headers
         .get_all(header::IF_NONE_MATCH)
@@ -54,8 +64,8 @@ fn durability(pending: bool) -> HeaderValue {
 }
 
 fn blob_headers(state: &AppState, headers: &mut HeaderMap, opened: &Found) {
-    let h = |s: &str| HeaderValue::from_str(s).expect("ASCII header");
-    headers.insert(header::ETAG, h(&etag(&opened.key)));
+    headers.reserve(10);
+    headers.insert(header::ETAG, etag_value(&opened.key));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(header::CACHE_CONTROL, state.http.cache_control.clone());
     headers.insert(
@@ -101,15 +111,20 @@ pub async fn get_blob(
     PathParam(raw): PathParam,
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = parse_key(&raw)?;
-    let opened = match forwards(&state, &req_headers) {
+    get(&state, &raw, &req_headers).await
+}
+
+/// A GET of the blob `raw` names (`front` calls it straight for paths with no escapes).
+pub async fn get(state: &AppState, raw: &str, req_headers: &HeaderMap) -> Result<Response, ApiError> {
+    let key = parse_key(raw)?;
+    let opened = match forwards(state, req_headers) {
         // A hit here needs no owner; a miss goes to the owner in one request,
         // its answer streamed on as it comes.
         Some(cluster) => match state.blobs.find_here(&key).await? {
             Some(found) => found,
             None => match cluster.owner(&key) {
-                Some(owner) => match cluster.forward_get(&owner, &key, &req_headers).await {
-                    Ok(answer) => return Ok(relay_get(&state, answer)),
+                Some(owner) => match cluster.forward_get(&owner, &key, req_headers).await {
+                    Ok(answer) => return Ok(relay_get(state, answer)),
                     Err(e) => {
                         tracing::debug!(%key, error = %e, "the owner could not be reached; reading on without it");
                         state.blobs.open(&key, Reach::Everywhere).await?
@@ -118,19 +133,19 @@ pub async fn get_blob(
                 None => state.blobs.open(&key, Reach::Everywhere).await?,
             },
         },
-        None if whole_body(&req_headers) => state.blobs.open_whole(&key, reach(&req_headers)).await?,
-        None => state.blobs.open(&key, reach(&req_headers)).await?,
+        None if whole_body(req_headers) => state.blobs.open_whole(&key, reach(req_headers)).await?,
+        None => state.blobs.open(&key, reach(req_headers)).await?,
     };
     let size = opened.size;
     let mut resp = Response::new(Body::empty());
-    blob_headers(&state, resp.headers_mut(), &opened);
-    if none_match(&req_headers, &key) {
+    blob_headers(state, resp.headers_mut(), &opened);
+    if none_match(req_headers, &key) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().remove(header::CONTENT_TYPE);
         return Ok(resp);
     }
     let wanted = match req_headers.get(header::RANGE).map(|v| v.to_str()) {
-        Some(Ok(v)) if if_range_holds(&req_headers, &key) => range::parse(v, size),
+        Some(Ok(v)) if if_range_holds(req_headers, &key) => range::parse(v, size),
         Some(Err(_)) => RangeRequest::Malformed,
         _ => RangeRequest::Full,
     };
@@ -165,8 +180,10 @@ pub async fn get_blob(
     }
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
-    let stream = state.blobs.read(opened, range).await?;
-    *resp.body_mut() = Body::from_stream(stream);
+    *resp.body_mut() = match state.blobs.read_body(opened, range).await? {
+        Read::Whole(bytes) => Body::from(bytes),
+        Read::Stream(stream) => Body::from_stream(stream),
+    };
     Ok(resp)
 }
 
@@ -204,10 +221,15 @@ pub async fn head_blob(
     PathParam(raw): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = parse_key(&raw)?;
-    let opened = state.blobs.open(&key, reach(&headers)).await?;
+    head(&state, &raw, &headers).await
+}
+
+/// A HEAD of the blob `raw` names.
+pub async fn head(state: &AppState, raw: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let key = parse_key(raw)?;
+    let opened = state.blobs.open(&key, reach(headers)).await?;
     let mut resp = Response::new(Body::empty());
-    blob_headers(&state, resp.headers_mut(), &opened);
+    blob_headers(state, resp.headers_mut(), &opened);
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(opened.size));
     Ok(resp)

@@ -2,11 +2,9 @@
 //! latency to the response headers. Label values are bounded: routes are the
 //! matched patterns, never a blob key.
 
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::StatusCode;
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
 use crate::metrics;
@@ -39,27 +37,12 @@ impl HttpMetrics {
     }
 }
 
-/// Middleware: count each request and time it to its response headers.
-/// Its state is the metrics alone: the whole `AppState` is a dozen reference
-/// counts to take and drop per request.
-pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let method: &'static str = match req.method().as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "PUT" => "PUT",
-        "POST" => "POST",
-        "DELETE" => "DELETE",
-        _ => "other",
-    };
-    let resp = next.run(req).await;
-    m.requests
-        .with_label_values(&[route, method, resp.status().as_str()])
-        .inc();
-    m.latency
-        .with_label_values(&[route, method])
-        .observe(started.elapsed().as_secs_f64());
-    resp
+impl HttpMetrics {
+    /// Count one request and its time to the response headers.
+    pub fn record(&self, route: &str, method: &str, status: StatusCode, latency: Duration) {
+        self.requests.with_label_values(&[route, method, status.as_str()]).inc();
+        self.latency
+            .with_label_values(&[route, method])
+            .observe(latency.as_secs_f64());
+    }
 }

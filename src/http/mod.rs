@@ -1,10 +1,13 @@
-//! The HTTP surface: routes, middleware, and the state handlers share.
+//! The HTTP surface: the request's way in (`front`), the routes, and the
+//! state handlers share.
 
+pub mod access_log;
 pub mod admin;
 mod auth;
 mod blobs;
 mod cluster;
 pub mod error;
+pub mod front;
 mod metrics;
 pub mod range;
 pub mod server;
@@ -12,30 +15,45 @@ mod settings;
 mod warm;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderName;
-use axum::response::IntoResponse;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::blobs::BlobService;
 use crate::cache::BlobCache;
 use crate::replication::Replicator;
 use crate::store::{Breaker, Metered};
 use error::ApiError;
+pub use front::Front;
 pub use metrics::HttpMetrics;
 pub use settings::{DEFAULT_CACHE_CONTROL, HttpConfig, HttpSettings, Limits};
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach, behind one reference count: a request
+/// clones it once or twice, and a dozen counts of its own would be a dozen
+/// atomic operations on lines both cores write.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Modules>);
+
+impl AppState {
+    pub fn new(modules: Modules) -> Self {
+        AppState(Arc::new(modules))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Modules;
+
+    fn deref(&self) -> &Modules {
+        &self.0
+    }
+}
+
+/// The modules of [`AppState`].
+#[derive(Debug)]
+pub struct Modules {
     pub blobs: Arc<BlobService>,
     /// Tokens and scopes: who may do what.
     pub auth: Arc<crate::auth::Auth>,
@@ -54,83 +72,30 @@ pub struct AppState {
     pub warm: Arc<crate::warm::Warmer>,
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Every route pattern of [`router`] (`front` labels requests with them; its test checks them here).
+#[cfg(test)]
+const ROUTES: [&str; 12] = [
+    "/blobs/{key}",
+    "/blobs/{key}/status",
+    "/blobs",
+    "/healthz",
+    "/readyz",
+    "/stats",
+    "/metrics",
+    "/cluster",
+    "/cluster/tombstones",
+    "/events/s3",
+    "/warm",
+    "/warm/{id}",
+];
 
-/// New request ids: random UUIDs (version 4) from the thread's generator.
-/// (`MakeRequestUuid` asks the kernel for every id: a `getrandom(2)` per request.)
-#[derive(Clone, Copy, Debug)]
-struct RandomId;
-
-impl MakeRequestId for RandomId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(uuid_v4(rand::random())))
-    }
+/// The whole HTTP API: the routes behind the request's way in ([`Front`]).
+pub fn service(state: AppState) -> Front {
+    Front::new(state.clone(), router(state))
 }
 
-/// `bits` as a version 4 UUID in its text form.
-fn uuid_v4(bits: u128) -> axum::http::HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // The version (4) and variant (10) bits.
-    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut text = [0u8; 36];
-    let mut nibble = 32;
-    for (i, c) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *c = b'-';
-        } else {
-            nibble -= 1;
-            *c = HEX[((bits >> (4 * nibble)) & 0xf) as usize];
-        }
-    }
-    axum::http::HeaderValue::from_bytes(&text).expect("hex digits and dashes")
-}
-
-/// The whole HTTP API.
-pub fn router(state: AppState) -> Router {
-    let access_log = state.http.access_log;
-    let middleware = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomId))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-                    let id = req
-                        .headers()
-                        .get(REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), route, request_id = %id)
-                })
-                // One line per request, when its headers go out.
-                .on_response(
-                    move |res: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
-                        if !access_log {
-                            return;
-                        }
-                        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                        tracing::info!(
-                            status = res.status().as_u16(),
-                            latency_ms = latency.as_secs_f64() * 1000.0,
-                            bytes = %header("content-length"),
-                            cache = %header("x-cache"),
-                            "request"
-                        );
-                    },
-                )
-                // Errors are logged once, where they are mapped to a status.
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("handler panicked");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
-        }));
-
+/// The routes.
+fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/blobs/{key}",
@@ -158,26 +123,5 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        // Inside the request log and ids, so refusals are logged and counted like any answer.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
-        .layer(middleware)
-        // Outermost, so unknown routes and wrong methods are counted too (as "unmatched").
-        .layer(axum::middleware::from_fn_with_state(
-            state.http_metrics.clone(),
-            metrics::track,
-        ))
         .with_state(state)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_ids_are_version_4_uuids() {
-        let id = super::uuid_v4(u128::MAX);
-        assert_eq!(id.to_str().unwrap(), "ffffffff-ffff-4fff-bfff-ffffffffffff");
-        let id = super::uuid_v4(0);
-        assert_eq!(id.to_str().unwrap(), "00000000-0000-4000-8000-000000000000");
-        let id = super::uuid_v4(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        assert_eq!(id.to_str().unwrap(), "01234567-89ab-4def-8123-456789abcdef");
-    }
 }

@@ -256,7 +256,7 @@ pub(super) fn http1_answer(error: crate::http::error::ApiError, head_request: bo
         error.status.as_u16(),
         body.len()
     );
-    let id = super::service::request_id(&Default::default());
+    let id = crate::http::front::request_id(&Default::default());
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let _ = write!(head, "x-request-id: {}\r\ndate: {date}\r\n", id.to_str().unwrap_or(""));
     for (name, value) in &error.headers {

@@ -2,7 +2,7 @@
 //! of `--header-read-timeout`, `--idle-timeout`, `--body-timeout`,
 //! `--send-timeout`, `--max-connections`, `--max-header-size` and
 //! `--max-headers`, and serves HTTP/1.1 (and HTTP/2 with prior knowledge) with
-//! hyper, each request going to the router.
+//! hyper, each request going to its handler (the API's `Front`).
 //!
 //! - `gate.rs`: the socket as hyper sees it: heads checked, deadlines, and
 //!   JSON answers to heads refused before hyper parses them.
@@ -31,7 +31,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -45,7 +44,7 @@ use crate::tls::{ClientCertificate, ServerTls};
 use gate::{Gate, GateLimits, Protocol};
 pub use head::Refusal;
 use registry::{ConnState, Registry, Slot};
-pub use service::BodyTimeout;
+pub use service::{BodyTimeout, Handler};
 use service::{ConnService, Shared};
 
 /// The connection layer's metrics.
@@ -104,9 +103,9 @@ impl Accept for TcpListener {
 /// Serve `router` on `listener` until `shutdown` fires, then stop accepting
 /// and close every connection gracefully: requests in flight finish, idle
 /// connections close at once. The future resolves when the last connection closed.
-pub fn serve(
+pub fn serve<H: Handler>(
     listener: impl Accept,
-    router: Router,
+    handler: H,
     limits: &Limits,
     tls: Option<Arc<ServerTls>>,
     registry: &prometheus::Registry,
@@ -130,7 +129,7 @@ pub fn serve(
         move || cap as f64,
     );
     let shared = Arc::new(Shared {
-        router,
+        handler,
         body_timeout: limits.body_timeout,
         min_body_rate: limits.min_body_rate.as_u64(),
         shutting_down: shutdown.clone(),
@@ -278,10 +277,10 @@ fn raise_open_file_limit() -> Option<usize> {
 }
 
 /// Serve one connection (after its TLS handshake, on a TLS port).
-async fn connection(
+async fn connection<H: Handler>(
     tcp: TcpStream,
     slot: Slot,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<H>>,
     limits: Arc<GateLimits>,
     tls: Option<Arc<ServerTls>>,
 ) {
@@ -307,10 +306,10 @@ async fn connection(
 
 /// Sniff the connection's protocol, then serve it with hyper until it ends,
 /// closing it gracefully when evicted or when the node shuts down.
-async fn serve_connection<S>(
+async fn serve_connection<S, H: Handler>(
     io: S,
     conn: Arc<ConnState>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<H>>,
     limits: Arc<GateLimits>,
     client_certificate: Option<ClientCertificate>,
 ) where

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, Response, Version, header};
+use axum::http::{HeaderValue, Request, Response, Version, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -23,6 +23,7 @@ use tower::ServiceExt;
 use super::ServerMetrics;
 use super::registry::ConnState;
 use crate::http::error::ApiError;
+use crate::http::front::{REQUEST_ID, request_id};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,8 +31,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// it was never acknowledged, so nothing is lost by cutting it, and waiting
 /// for it would hold the shutdown to the end of its grace.
 const STALL_AT_SHUTDOWN: Duration = Duration::from_secs(1);
-
-const REQUEST_ID: &str = "x-request-id";
 
 /// A request body that stopped arriving, or came too slowly.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +49,28 @@ pub struct BodyTimeout {
     pub slow: Option<(u64, u64)>,
 }
 
+/// What answers the requests the connections read.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Handler for crate::http::Front {
+    fn handle(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
+        self.call(req)
+    }
+}
+
+impl Handler for Router {
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let Ok(resp) = self.clone().oneshot(req).await;
+        resp
+    }
+}
+
 /// What every request of a connection shares.
 #[derive(Debug)]
-pub struct Shared {
-    pub router: Router,
+pub struct Shared<H> {
+    pub handler: H,
     pub body_timeout: Duration,
     /// Bytes a second a request body must average over each `body_timeout` (0: no minimum).
     pub min_body_rate: u64,
@@ -62,9 +79,9 @@ pub struct Shared {
 }
 
 /// The hyper service of one connection.
-#[derive(Debug, Clone)]
-pub struct ConnService {
-    pub shared: Arc<Shared>,
+#[derive(Debug)]
+pub struct ConnService<H> {
+    pub shared: Arc<Shared<H>>,
     pub conn: Arc<ConnState>,
     /// On a TLS connection that was asked for a client certificate: whether it showed one.
     pub client_certificate: Option<crate::tls::ClientCertificate>,
@@ -81,7 +98,7 @@ impl Drop for Ended {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
     type Response = Response<Tracked>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -112,9 +129,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 resp.headers_mut().insert(REQUEST_ID, id);
                 resp
             } else {
-                let req = req.map(|body| Body::new(Watched::new(body, &shared)));
-                let Ok(resp) = shared.router.clone().oneshot(req).await;
-                resp
+                let req = req.map(|body| {
+                    // A request without a body (most GETs) needs no watch.
+                    if hyper::body::Body::is_end_stream(&body) {
+                        Body::empty()
+                    } else {
+                        Body::new(Watched::new(body, &shared))
+                    }
+                });
+                shared.handler.handle(req).await
             };
             if close {
                 resp.headers_mut()
@@ -123,26 +146,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Ok(resp.map(|inner| Tracked { inner, _ended: ended }))
         })
     }
-}
-
-/// The client's `X-Request-Id` when it sent a usable one, else a new one
-/// (what the router's own layers do, for answers made outside it).
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128) {
-        return v.clone();
-    }
-    let b: [u8; 16] = rand::random();
-    let hex = hex::encode(b);
-    let id = format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        (b[8] & 0x3) | 0x8,
-        &hex[17..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&id).expect("hex and dashes")
 }
 
 /// A response body, with the mark that its request ended.
@@ -188,7 +191,7 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(inner: Incoming, shared: &Shared) -> Self {
+    fn new<H>(inner: Incoming, shared: &Shared<H>) -> Self {
         Watched {
             inner,
             limit: shared.body_timeout,
