@@ -196,3 +196,81 @@ async fn cache_control_is_configurable() {
         assert_eq!(not_modified.headers()["cache-control"], "public, max-age=60");
     }
 }
+
+/// Blob GETs and HEADs whose path has no escapes skip the router; the same
+/// request with an escaped key goes through it. Both answer alike, with
+/// request ids, counted under the route.
+#[tokio::test]
+async fn escaped_and_plain_keys_answer_alike() {
+    let app = TestApp::spawn().await;
+    let body = data(10_000, 7);
+    let key = BlobKey::of(&body);
+    assert_eq!(app.put(&body).await.status(), 201);
+    app.cached(&key).await;
+    let hex = key.to_string();
+    // The first hex digit as a percent-escape: "0" is %30, "a" is %61.
+    let escaped = format!("%{:02X}{}", hex.as_bytes()[0], &hex[1..]);
+    for path in [hex.clone(), escaped.clone()] {
+        let url = app.url(&format!("/blobs/{path}"));
+        let resp = app.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["etag"], format!("\"{hex}\""), "{path}");
+        assert_eq!(resp.headers()["x-cache"], "hit", "{path}");
+        assert_eq!(resp.headers()["content-length"], "10000", "{path}");
+        assert!(resp.headers().contains_key("x-request-id"), "{path}");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice(), "{path}");
+        let resp = app.client.head(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["content-length"], "10000", "{path}");
+        let resp = app
+            .client
+            .get(&url)
+            .header("range", "bytes=100-199")
+            .header("x-request-id", "mine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206, "{path}");
+        assert_eq!(resp.headers()["x-request-id"], "mine", "{path}");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[100..200], "{path}");
+    }
+    // Keys that are not keys, plain or escaped: the same JSON 400, nothing read.
+    for path in ["xyz", "%7Axyz", "%zz"] {
+        let resp = app.client.get(app.url(&format!("/blobs/{path}"))).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(resp.headers().contains_key("x-request-id"), "{path}");
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["error"], "invalid_key", "{path}: {json}");
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert_eq!(
+        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="206"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"blobcache_http_requests_total{method="HEAD",route="/blobs/{key}",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="400"}"#),
+        3.0
+    );
+}
