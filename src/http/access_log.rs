@@ -85,28 +85,64 @@ pub fn log(entry: &Entry, span: &tracing::Span) {
     });
 }
 
+/// A field's value, as the formatter writes it.
+enum Value<'a> {
+    /// A `%`-recorded field: as it is in text, a string in JSON.
+    Shown(&'a str),
+    /// A string: quoted and escaped in both.
+    Str(&'a str),
+    Number(u64),
+    Millis(Duration),
+}
+
+/// Four named fields.
+type Fields<'a> = [(&'static str, Value<'a>); 4];
+
+/// The event's fields, then the span's.
+fn fields<'a>(e: &'a Entry, uri: &'a str) -> (Fields<'a>, Fields<'a>) {
+    let event = [
+        ("status", Value::Number(u64::from(e.status))),
+        ("latency_ms", Value::Millis(e.latency)),
+        ("bytes", Value::Str(e.bytes)),
+        ("cache", Value::Str(e.cache)),
+    ];
+    let span = [
+        ("method", Value::Shown(e.method)),
+        ("uri", Value::Shown(uri)),
+        ("route", Value::Str(e.route)),
+        ("request_id", Value::Str(e.request_id)),
+    ];
+    (event, span)
+}
+
 /// `2026-11-23T11:48:35.371007Z  INFO request{method=GET uri=/healthz route="/healthz" request_id="…"}: blobcache::http: request status=200 latency_ms=0.370 bytes="15" cache="-"`
 fn text(line: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
+    let uri = uri_text(e.uri);
+    let (event, span) = fields(e, &uri);
     clock.write(line);
-    line.extend_from_slice(b"  INFO request{method=");
-    line.extend_from_slice(e.method.as_bytes());
-    line.extend_from_slice(b" uri=");
-    line.extend_from_slice(uri_text(e.uri).as_bytes());
-    line.extend_from_slice(b" route=");
-    quoted(line, e.route);
-    line.extend_from_slice(b" request_id=");
-    quoted(line, e.request_id);
+    line.extend_from_slice(b"  INFO request{");
+    text_fields(line, &span);
     line.extend_from_slice(b"}: ");
     line.extend_from_slice(TARGET.as_bytes());
-    line.extend_from_slice(b": request status=");
-    number(line, u64::from(e.status));
-    line.extend_from_slice(b" latency_ms=");
-    millis(line, e.latency);
-    line.extend_from_slice(b" bytes=");
-    quoted(line, e.bytes);
-    line.extend_from_slice(b" cache=");
-    quoted(line, e.cache);
+    line.extend_from_slice(b": request ");
+    text_fields(line, &event);
     line.push(b'\n');
+}
+
+fn text_fields(line: &mut Vec<u8>, fields: &[(&str, Value)]) {
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(b' ');
+        }
+        line.extend_from_slice(name.as_bytes());
+        line.push(b'=');
+        match value {
+            Value::Shown(s) => line.extend_from_slice(s.as_bytes()),
+            Value::Str(s) => quoted(line, s),
+            Value::Number(n) => number(line, *n),
+            Value::Millis(d) => millis(line, *d),
+        }
+    }
 }
 
 /// A string as `Debug` writes it (quoted, escaped); plain ones are copied.
@@ -137,33 +173,38 @@ fn number(line: &mut Vec<u8>, mut n: u64) {
 
 /// The JSON formatter's shape (`flatten_event`): the event's fields, then the span's under `span` and `spans`.
 fn json(line: &mut Vec<u8>, clock: &mut Clock, e: &Entry) {
+    let uri = uri_text(e.uri);
+    let (event, span) = fields(e, &uri);
     line.extend_from_slice(b"{\"timestamp\":\"");
     clock.write(line);
-    line.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"status\":");
-    number(line, u64::from(e.status));
-    line.extend_from_slice(b",\"latency_ms\":");
-    millis(line, e.latency);
-    line.extend_from_slice(b",\"bytes\":");
-    string(line, e.bytes);
-    line.extend_from_slice(b",\"cache\":");
-    string(line, e.cache);
+    line.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",");
+    json_fields(line, &event);
     line.extend_from_slice(b",\"target\":\"");
     line.extend_from_slice(TARGET.as_bytes());
     line.extend_from_slice(b"\",\"span\":");
     let span_at = line.len();
-    line.extend_from_slice(b"{\"method\":");
-    string(line, e.method);
-    line.extend_from_slice(b",\"request_id\":");
-    string(line, e.request_id);
-    line.extend_from_slice(b",\"route\":");
-    string(line, e.route);
-    line.extend_from_slice(b",\"uri\":");
-    string(line, &uri_text(e.uri));
+    line.push(b'{');
+    json_fields(line, &span);
     line.extend_from_slice(b",\"name\":\"request\"}");
     let span_end = line.len();
     line.extend_from_slice(b",\"spans\":[");
     line.extend_from_within(span_at..span_end);
     line.extend_from_slice(b"]}\n");
+}
+
+fn json_fields(line: &mut Vec<u8>, fields: &[(&str, Value)]) {
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        string(line, name);
+        line.push(b':');
+        match value {
+            Value::Shown(s) | Value::Str(s) => string(line, s),
+            Value::Number(n) => number(line, *n),
+            Value::Millis(d) => millis(line, *d),
+        }
+    }
 }
 
 /// The URI as text, as `Display` writes it (HTTP/2 requests carry scheme and authority).

@@ -16,12 +16,7 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    crate::common::sample(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
 #[tokio::test]

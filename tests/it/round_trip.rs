@@ -242,35 +242,15 @@ async fn escaped_and_plain_keys_answer_alike() {
         let json: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(json["error"], "invalid_key", "{path}: {json}");
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
-    };
-    assert_eq!(
-        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="200"}"#),
-        2.0
-    );
-    assert_eq!(
-        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="206"}"#),
-        2.0
-    );
-    assert_eq!(
-        count(r#"blobcache_http_requests_total{method="HEAD",route="/blobs/{key}",status="200"}"#),
-        2.0
-    );
-    assert_eq!(
-        count(r#"blobcache_http_requests_total{method="GET",route="/blobs/{key}",status="400"}"#),
-        3.0
-    );
+    let metrics = app.metrics_text().await;
+    for (method, status, count) in [
+        ("GET", 200, 2.0),
+        ("GET", 206, 2.0),
+        ("HEAD", 200, 2.0),
+        ("GET", 400, 3.0),
+    ] {
+        let series =
+            format!(r#"blobcache_http_requests_total{{method="{method}",route="/blobs/{{key}}",status="{status}"}}"#);
+        assert_eq!(common::sample(&metrics, &series), Some(count), "{series}");
+    }
 }

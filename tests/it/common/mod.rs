@@ -201,6 +201,11 @@ impl TestApp {
         resp.text().await.expect("the metrics text")
     }
 
+    /// One series of the node's /metrics (0 when it has no sample yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics_text().await, series).unwrap_or(0.0)
+    }
+
     /// The node's /stats.
     pub async fn stats(&self) -> serde_json::Value {
         let resp = self.client.get(self.url("/stats")).send().await.expect("GET /stats");
@@ -387,4 +392,10 @@ pub fn mend_store(store: &Path) {
     let tmp = store.join(".tmp");
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
+}
+
+/// The value of one series (name and labels, as /metrics writes them) in a /metrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -196,10 +196,7 @@ async fn nothing_stored(app: &TestApp, key: &BlobKey) {
 
 /// A counter of /metrics (0 when it has no sample yet).
 async fn metric(app: &TestApp, name_and_labels: &str) -> f64 {
-    let text = app.metrics_text().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    app.metric(name_and_labels).await
 }
 
 /// A PUT head for `body` under its own key (Content-Length set), with extra header lines.
