@@ -45,6 +45,12 @@ struct Kept {
 }
 
 impl Kept {
+    const EMPTY: Kept = Kept {
+        blocks: [(0, 0); SLOTS],
+        bytes: 0,
+        next: 0,
+    };
+
     /// Take a block for `layout`, if one of about its size is kept.
     fn take(&mut self, layout: Layout) -> Option<usize> {
         let (size, align) = (layout.size(), layout.align());
@@ -82,11 +88,7 @@ impl Kept {
 impl KeepLarge {
     pub const fn new() -> Self {
         KeepLarge {
-            kept: Mutex::new(Kept {
-                blocks: [(0, 0); SLOTS],
-                bytes: 0,
-                next: 0,
-            }),
+            kept: Mutex::new(Kept::EMPTY),
         }
     }
 
@@ -165,11 +167,7 @@ mod tests {
 
     #[test]
     fn a_freed_block_serves_the_next_request_of_its_size() {
-        let mut kept = Kept {
-            blocks: [(0, 0); SLOTS],
-            bytes: 0,
-            next: 0,
-        };
+        let mut kept = Kept::EMPTY;
         let four = Layout::from_size_align(4 * MIB, 1).unwrap();
         assert_eq!(kept.keep(0x1000, 4 * MIB + 4000), None);
         assert_eq!(kept.bytes, 4 * MIB + 4000);
@@ -183,11 +181,7 @@ mod tests {
 
     #[test]
     fn the_kept_bytes_stay_bounded() {
-        let mut kept = Kept {
-            blocks: [(0, 0); SLOTS],
-            bytes: 0,
-            next: 0,
-        };
+        let mut kept = Kept::EMPTY;
         let mut freed = Vec::new();
         for i in 1..=20 {
             if let Some(addr) = kept.keep(i * 0x1000, 5 * MIB) {

@@ -154,18 +154,6 @@ impl Reader {
     pub(super) async fn read(self: &Arc<Self>, found: Found, range: Range<u64>) -> Result<Read, BlobError> {
         let bytes_out = self.parts.stats.bytes_out.clone();
         let want = range.end - range.start;
-        // A cached range within one chunk (every small blob): that chunk, with no stream around it.
-        let cs = self.parts.chunk_size();
-        if let Location::Cache(meta) = &found.location
-            && want > 0
-            && let chunks = chunks::covering(&range, cs)
-            && chunks.len() == 1
-        {
-            let origin = Origin::new(found.key, found.size, Some(meta.digests.clone()), None);
-            let chunk = self.chunk(&origin, chunks.start, None).await?;
-            bytes_out.inc_by(want);
-            return Ok(Read::Whole(chunk.slice(chunks::slice_within(chunks.start, &range, cs))));
-        }
         let mut stream = self.read_uncounted(found, range).await?;
         // Wait for the first bytes before answering: a store that fails at once
         // (or a one-chunk blob that fails its check) gets an error status, not a
@@ -279,16 +267,19 @@ impl Reader {
     pub(super) fn chunk_stream(self: &Arc<Self>, origin: Arc<Origin>, range: Range<u64>) -> BodyStream {
         let cs = self.parts.chunk_size();
         let reader = self.clone();
-        stream::iter(chunks::covering(&range, cs))
-            .map(move |i| {
-                let (reader, origin, range) = (reader.clone(), origin.clone(), range.clone());
-                async move {
-                    let bytes = reader.chunk(&origin, i, None).await?;
-                    Ok(bytes.slice(chunks::slice_within(i, &range, cs)))
-                }
-            })
-            .buffered(READAHEAD)
-            .boxed()
+        let covering = chunks::covering(&range, cs);
+        let read = move |i| {
+            let (reader, origin, range) = (reader.clone(), origin.clone(), range.clone());
+            async move {
+                let bytes = reader.chunk(&origin, i, None).await?;
+                Ok(bytes.slice(chunks::slice_within(i, &range, cs)))
+            }
+        };
+        // Within one chunk (every small blob): nothing to read ahead.
+        if covering.len() == 1 {
+            return stream::once(read(covering.start)).boxed();
+        }
+        stream::iter(covering).map(read).buffered(READAHEAD).boxed()
     }
 
     /// One chunk: from the cache, or read once from the origin and cached. If

@@ -120,11 +120,7 @@ impl Store for Metered {
         let started = Instant::now();
         let r = self.inner.get_prefix(key, len).await?;
         self.c.gets.inc();
-        let stream = match self.finish("get", started, r) {
-            Ok(stream) => stream,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(Ok(self.counted(stream)))
+        Some(self.finish("get", started, r).map(|stream| self.counted(stream)))
     }
 
     fn part_size(&self, size: u64) -> Option<u64> {
